@@ -1,0 +1,106 @@
+"""create_app(gateway) -> web.Application: routes, the outer error edge, cleanup_ctx."""
+from __future__ import annotations
+
+import os
+
+import orjson
+import structlog
+from aiohttp import web
+
+from proxy import handlers
+from proxy.errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from proxy.gateway import Gateway
+from proxy.handlers import GATEWAY, new_context, request_id, run
+
+log = structlog.get_logger("modelway")
+
+
+@web.middleware
+async def edge(request: web.Request, handler):
+    """Outermost edge: request id on every response; unknown paths, wrong methods and
+    unexpected exceptions rendered in the error envelope (never a traceback)."""
+    rid = request["request_id"] = request_id(request)
+    try:
+        resp = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            err: GatewayError = NotFound(f"Unknown endpoint: {request.method} {request.path}.",
+                                         code="unknown_endpoint", tip="See the README for the API.")
+        elif exc.status == 405:
+            err = MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}.")
+        elif exc.status == 413:
+            err = PayloadTooLarge("Request body is too large.")
+        else:
+            raise
+        return web.Response(body=err.to_json(rid), status=err.status, content_type="application/json",
+                            headers={"x-request-id": rid})
+    except Exception:
+        log.exception("unhandled_error", request_id=rid, path=request.path)
+        err = GatewayError("The gateway hit an internal error; the request id identifies it in the logs.")
+        return web.Response(body=err.to_json(rid), status=500, content_type="application/json",
+                            headers={"x-request-id": rid})
+    if "x-request-id" not in resp.headers and not resp.prepared:
+        resp.headers["x-request-id"] = rid
+    return resp
+
+
+async def models(request: web.Request) -> web.StreamResponse:
+    ctx = new_context(request, "models")
+    if "model_id" in request.match_info:
+        ctx.extra["model_id"] = request.match_info["model_id"]
+    return await run(request, ctx, None)
+
+
+async def account(request: web.Request) -> web.StreamResponse:
+    ctx = new_context(request, "account")
+    return await run(request, ctx, None)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    gw: Gateway = request.app[GATEWAY]
+    state = gw.state
+    writable = os.access(gw.data_dir, os.W_OK)
+    ready = state is not None and writable and not gw.draining
+    body = {"status": "ready" if ready else "not_ready", "config_version": state.config.version if state else None,
+            "loaded_at": state.loaded_at if state else None, "data_dir_writable": writable,
+            "draining": gw.draining, "disabled_providers": dict(state.disabled) if state else {}}
+    return web.Response(body=orjson.dumps(body), status=200 if ready else 503, content_type="application/json")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    gw: Gateway = request.app[GATEWAY]
+    render = gw.services.get("metrics_render")
+    text = render() if render else ""
+    return web.Response(text=text, content_type="text/plain", charset="utf-8",
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def create_app(gateway: Gateway) -> web.Application:
+    app = web.Application(middlewares=[edge], client_max_size=gateway.config.server.max_body_bytes + 1)
+    app[GATEWAY] = gateway
+
+    async def lifecycle(app: web.Application):
+        await gateway.start()
+        yield
+        await gateway.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    r = app.router
+    r.add_post("/v1/chat/completions", handlers.chat_completions)
+    r.add_post("/v1/embeddings", handlers.embeddings)
+    r.add_get("/v1/models", models)
+    r.add_get("/v1/models/{model_id:.+}", models)
+    for path in ("/v1/account/balance", "/v1/account/activity", "/v1/account/analytics"):
+        r.add_get(path, account)
+    r.add_route("GET", "/v1/account/keys", account)
+    r.add_route("POST", "/v1/account/keys", account)
+    for method in ("GET", "PATCH", "DELETE"):
+        r.add_route(method, "/v1/account/keys/{key_id}", account)
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/metrics", metrics)
+    return app

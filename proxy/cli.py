@@ -1,0 +1,103 @@
+"""modelway serve | check | routes | keys | usage"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from proxy.config import ConfigError, load_config
+
+DEFAULT_CONFIG = os.environ.get("MODELWAY_CONFIG", "routes.yaml")
+
+
+def _load_or_exit(path: str):
+    try:
+        return load_config(path)
+    except FileNotFoundError:
+        print(f"modelway: config file not found: {path}", file=sys.stderr)
+        sys.exit(2)
+    except ConfigError as exc:
+        print(f"modelway: {path} has {len(exc.problems)} problem(s):", file=sys.stderr)
+        for p in exc.problems:
+            print("  " + p.format(path), file=sys.stderr)
+        sys.exit(1)
+
+
+def cmd_serve(args) -> int:
+    from proxy import logs
+    logs.configure(args.log_level)
+    config = _load_or_exit(args.config)
+    host = args.host or config.server.host
+    port = args.port or config.server.port
+    workers = args.workers or config.server.workers
+    if workers > 1:
+        from proxy.supervisor import supervise
+        argv = ["serve", "--config", args.config, "--host", host, "--port", str(port), "--log-level", args.log_level]
+        return supervise(argv, workers, host, port, config.server.drain_seconds)
+    from proxy.server import run_worker
+    run_worker(config, os.path.abspath(args.config), host, port, reuse_port=args.reuse_port,
+               notify=not args.no_notify)
+    return 0
+
+
+def cmd_check(args) -> int:
+    config = _load_or_exit(args.config)
+    from proxy.pipeline import MiddlewareBuildError, load_factory
+    problems = []
+    for spec in config.middlewares:
+        try:
+            load_factory(spec.name)
+        except MiddlewareBuildError as exc:
+            problems.append(str(exc))
+    for w in config.warnings:
+        print(f"warning: {w}")
+    if problems:
+        for p in problems:
+            print(f"{args.config}: {p}", file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK ({len(config.models)} models, {len(config.providers)} providers, "
+          f"{len(config.presets)} presets, version {config.version})")
+    return 0
+
+
+def cmd_routes(args) -> int:
+    from proxy.routes_table import print_routes
+    config = _load_or_exit(args.config)
+    return print_routes(config, args.format)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelway", description="Self-hosted LLM gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p):
+        p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="path to routes.yaml")
+        return p
+
+    s = with_config(sub.add_parser("serve", help="run the gateway"))
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--workers", type=int)
+    s.add_argument("--log-level", default="info")
+    s.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    s.add_argument("--no-notify", action="store_true", help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_serve)
+    with_config(sub.add_parser("check", help="validate routes.yaml")).set_defaults(func=cmd_check)
+    r = with_config(sub.add_parser("routes", help="print the resolved routing table"))
+    r.add_argument("--format", choices=("table", "json"), default="table")
+    r.set_defaults(func=cmd_routes)
+    try:
+        from proxy.cli_store import add_store_commands
+        add_store_commands(sub, with_config)
+    except ImportError:
+        pass
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

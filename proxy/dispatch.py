@@ -1,0 +1,150 @@
+"""The end of the chain: resolve the route, pick a target, call its provider.
+
+Retries and fallback happen only before the first byte reaches the client: a stream is
+peeked (its first event awaited) before it is handed back, so a target that fails before
+answering is skipped and the client never sees it.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import AsyncIterator
+
+from proxy.context import RequestContext, RouteMatch, StreamReply
+from proxy.errors import GatewayError, InvalidRequest, PermissionDenied, ProviderError, Unavailable
+from proxy.routing import resolve
+
+GATEWAY_FIELDS = ("preset", "cache", "models")
+RETRYABLE_CODES = ("upstream_timeout", "upstream_unreachable")
+
+
+def resolve_route(ctx: RequestContext) -> RouteMatch:
+    """Resolve ctx.model once (memoised on ctx.match) and check the key may use it."""
+    if ctx.match is None:
+        match = resolve(ctx.model, ctx.state.table)
+        if ctx.key is not None and not ctx.key.allows(match.public_model):
+            raise PermissionDenied(f"This API key may not use the model '{match.public_model}'.",
+                                   param="model", code="model_not_allowed",
+                                   tip="Ask an administrator to add it to the key's allowed_models.")
+        ctx.match = match
+    return ctx.match
+
+
+def upstream_body(ctx: RequestContext, match: RouteMatch, target) -> dict:
+    body = dict(ctx.body)
+    for name in GATEWAY_FIELDS:
+        body.pop(name, None)
+    body["model"] = match.upstream_model(target)
+    if match.reasoning_effort and "reasoning_effort" not in body:
+        body["reasoning_effort"] = match.reasoning_effort
+    return body
+
+
+def ordered_targets(route) -> list:
+    targets = list(route.targets)
+    if route.strategy == "weighted" and len(targets) > 1:
+        # weighted random order without replacement: the rest remain as fallbacks
+        keyed = [(random.random() ** (1.0 / max(t.weight, 1e-9)), t) for t in targets]
+        targets = [t for _, t in sorted(keyed, key=lambda p: -p[0])]
+    return targets
+
+
+def is_retryable(err: GatewayError, route) -> bool:
+    status = err.upstream_status
+    return (status is not None and status in route.retry_on) or err.code in RETRYABLE_CODES
+
+
+async def dispatch(ctx: RequestContext):
+    """Terminal handler for chat completions and embeddings."""
+    match = resolve_route(ctx)
+    route = match.route
+    state = ctx.state
+    health = state.health
+    last: GatewayError | None = None
+    targets = ordered_targets(route)
+    for i, target in enumerate(targets):
+        provider = state.providers.get(target.provider)
+        reason = state.disabled.get(target.provider)
+        if reason:
+            last = Unavailable(f"Model '{match.public_model}' is unavailable: provider "
+                               f"'{target.provider}' is disabled ({reason}).", param="model",
+                               code="provider_not_configured")
+            continue
+        if health.cooling(target) and i < len(targets) - 1:
+            last = last or Unavailable(f"All targets of '{match.public_model}' are cooling down.")
+            continue
+        ctx.target, ctx.provider = target, target.provider
+        ctx.upstream_model = match.upstream_model(target)
+        body = upstream_body(ctx, match, target)
+        for attempt in range(route.retries + 1):
+            ctx.attempts += 1
+            try:
+                reply = await _call(ctx, provider, body)
+                health.success(target)
+                return reply
+            except GatewayError as err:
+                if not is_retryable(err, route):
+                    raise
+                health.failure(target, route.cooldown_seconds)
+                last = err
+                if attempt < route.retries and not health.cooling(target):
+                    await asyncio.sleep(backoff(attempt, err))
+                    continue
+                break
+    if last is None:
+        raise Unavailable(f"Model '{match.public_model}' has no usable target.")
+    raise last
+
+
+async def _call(ctx: RequestContext, provider, body: dict):
+    if ctx.endpoint == "embeddings":
+        return await provider.embeddings(ctx, body)
+    reply = await provider.chat(ctx, dict(body))
+    if isinstance(reply, StreamReply):
+        it = reply.events.__aiter__()
+        try:
+            first = await it.__anext__()
+        except StopAsyncIteration:
+            raise ProviderError(f"provider '{ctx.provider}' sent an empty stream", code="upstream_broken")
+        reply.events = _prepend(first, it)
+    return reply
+
+
+async def _prepend(first: bytes, rest) -> AsyncIterator[bytes]:
+    try:
+        yield first
+        async for ev in rest:
+            yield ev
+    finally:
+        await rest.aclose()
+
+
+def backoff(attempt: int, err: GatewayError) -> float:
+    retry_after = err.headers.get("Retry-After") if err.headers else None
+    if retry_after:
+        try:
+            return min(float(retry_after), 10.0)
+        except ValueError:
+            pass
+    return min(0.25 * (2 ** attempt), 4.0) * (0.5 + random.random() / 2)
+
+
+def check_chat_body(body: dict) -> None:
+    """The fields the gateway itself needs, with a `param` naming what is wrong."""
+    model = body.get("model")
+    if model is None:
+        raise InvalidRequest("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' must be a non-empty string.", param="model", code="invalid_type")
+    msgs = body.get("messages")
+    if msgs is None:
+        raise InvalidRequest("Missing required parameter: 'messages'.", param="messages",
+                             code="missing_required_parameter")
+    if not isinstance(msgs, list) or not msgs:
+        raise InvalidRequest("'messages' must be a non-empty array.", param="messages", code="invalid_type")
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise InvalidRequest(f"'messages[{i}]' must be an object with a 'role'.", param=f"messages[{i}]",
+                                 code="invalid_type")
+    if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
+        raise InvalidRequest("'stream' must be a boolean.", param="stream", code="invalid_type")

@@ -1,0 +1,103 @@
+"""The Gateway: long-lived services plus the live State (config, table, providers, chain),
+swapped atomically on reload. A request keeps the State it started with."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+from proxy.config import Config, load_config
+from proxy.health import Health
+from proxy.pipeline import Chain, Handler, build_middlewares
+from proxy.providers import provider_class
+from proxy.providers.base import Provider
+from proxy.routing import RouteTable
+
+log = structlog.get_logger("modelway")
+
+
+@dataclass(slots=True)
+class State:
+    config: Config
+    table: RouteTable
+    providers: dict[str, Provider]
+    disabled: dict[str, str]          # provider name -> why it is off
+    chain: Chain
+    endpoints: dict[str, Handler]
+    health: Health = field(default_factory=Health)
+    loaded_at: float = field(default_factory=time.time)
+    inflight: int = 0
+
+
+class Gateway:
+    def __init__(self, config: Config, config_path: str | None = None):
+        self.config = config
+        self.config_path = config_path
+        self.state: State | None = None
+        self.data_dir = os.path.abspath(config.server.data_dir)
+        self.services: dict[str, object] = {}   # long-lived storage opened by middlewares
+        self.draining = False
+
+    async def start(self) -> None:
+        os.makedirs(self.data_dir, exist_ok=True)
+        for warning in self.config.warnings:
+            log.warning("config_warning", message=warning)
+        self.state = await self._build(self.config, old=None)
+
+    async def _build(self, config: Config, old: State | None) -> State:
+        from proxy.dispatch import dispatch
+        from proxy.account import account_endpoint
+        from proxy.models import list_models_endpoint
+        providers: dict[str, Provider] = {}
+        disabled: dict[str, str] = {}
+        for name, pc in config.providers.items():
+            if pc.disabled_reason:
+                disabled[name] = pc.disabled_reason
+                continue
+            reuse = old.providers.get(name) if old else None
+            if reuse is not None and reuse.config == pc:
+                providers[name] = reuse
+                continue
+            provider = provider_class(pc.type)(pc)
+            await provider.start()
+            providers[name] = provider
+        chain = Chain(build_middlewares(config.middlewares, self))
+        endpoints = {"chat": chain.wrap(dispatch), "embeddings": chain.wrap(dispatch),
+                     "messages": chain.wrap(dispatch), "models": chain.wrap(list_models_endpoint),
+                     "account": chain.wrap(account_endpoint)}
+        health = old.health if old else Health()
+        return State(config, RouteTable.build(config.models), providers, disabled, chain, endpoints, health)
+
+    async def reload(self) -> bool:
+        """Re-read the config file; swap on success, keep the old table on any problem."""
+        try:
+            config = load_config(self.config_path)
+            state = await self._build(config, self.state)
+        except Exception as exc:  # ConfigError, MiddlewareBuildError, provider start failure
+            for line in str(exc).splitlines():
+                log.error("reload_failed", problem=line)
+            return False
+        old, self.state, self.config = self.state, state, config
+        for warning in config.warnings:
+            log.warning("config_warning", message=warning)
+        log.info("config_reloaded", version=config.version, models=len(config.models))
+        await self._close_unused(old, state)
+        return True
+
+    async def _close_unused(self, old: State, new: State) -> None:
+        import asyncio
+        stale = [p for n, p in old.providers.items() if new.providers.get(n) is not p]
+        if not stale:
+            return
+        deadline = time.monotonic() + self.config.server.drain_seconds
+        while old.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for p in stale:
+            await p.close()
+
+    async def close(self) -> None:
+        if self.state:
+            for p in self.state.providers.values():
+                await p.close()

@@ -1,0 +1,164 @@
+"""Thin aiohttp handlers: read and check the body, run the chain, write the Reply."""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+
+import orjson
+from aiohttp import web
+
+from proxy.context import JSONReply, RequestContext, StreamReply
+from proxy.dispatch import check_chat_body
+from proxy.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from proxy.sse import DONE, data_event
+
+GATEWAY = web.AppKey("gateway", object)
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
+               "X-Accel-Buffering": "no"}
+
+
+def request_id(request: web.Request) -> str:
+    rid = request.headers.get("x-request-id")
+    if rid and _SANE_ID.match(rid):
+        return rid
+    return "req_" + os.urandom(12).hex()
+
+
+def new_context(request: web.Request, endpoint: str) -> RequestContext:
+    gw = request.app[GATEWAY]
+    ctx = RequestContext(request=request, gateway=gw, request_id=request["request_id"], endpoint=endpoint,
+                         state=gw.state)
+    request["ctx"] = ctx
+    return ctx
+
+
+async def read_json(request: web.Request, ctx: RequestContext) -> dict:
+    server = ctx.state.config.server
+    if request.content_length is not None and request.content_length > server.max_body_bytes:
+        raise PayloadTooLarge(f"Request body is larger than the limit of {server.max_body_mb:g} MB.")
+    try:
+        async with asyncio.timeout(server.body_timeout):
+            raw = await request.content.read(server.max_body_bytes + 1)
+    except TimeoutError:
+        raise InvalidRequest("Timed out reading the request body.", code="body_timeout", status=408)
+    if len(raw) > server.max_body_bytes:
+        raise PayloadTooLarge(f"Request body is larger than the limit of {server.max_body_mb:g} MB.")
+    if not raw:
+        raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    ctx = new_context(request, "chat")
+    return await run(request, ctx, _prepare_chat)
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    ctx = new_context(request, "embeddings")
+    return await run(request, ctx, _prepare_embeddings)
+
+
+async def _prepare_chat(request: web.Request, ctx: RequestContext) -> None:
+    body = await read_json(request, ctx)
+    check_chat_body(body)
+    ctx.body = body
+    ctx.model = ctx.requested_model = body["model"]
+    ctx.stream = body.get("stream") is True
+    opts = body.get("stream_options")
+    ctx.include_usage = ctx.stream and isinstance(opts, dict) and opts.get("include_usage") is True
+
+
+async def _prepare_embeddings(request: web.Request, ctx: RequestContext) -> None:
+    body = await read_json(request, ctx)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("Missing required parameter: 'model'.", param="model")
+    if "input" not in body:
+        raise InvalidRequest("Missing required parameter: 'input'.", param="input")
+    ctx.body, ctx.model, ctx.requested_model = body, model, model
+
+
+async def run(request: web.Request, ctx: RequestContext, prepare) -> web.StreamResponse:
+    """Run one API request through the chain and write its reply; finishers see every outcome."""
+    state = ctx.state
+    state.inflight += 1
+    try:
+        if prepare is not None:
+            await prepare(request, ctx)
+        reply = await state.endpoints[ctx.endpoint](ctx)
+        if isinstance(reply, StreamReply):
+            return await write_stream(request, ctx, reply)
+        return write_json(ctx, reply)
+    except GatewayError as err:
+        return error_response(ctx, err)
+    except asyncio.CancelledError:
+        ctx.status, ctx.error_type, ctx.partial = 499, "client_disconnected", True
+        raise
+    finally:
+        state.inflight -= 1
+        state.chain.finish(ctx)
+
+
+def write_json(ctx: RequestContext, reply: JSONReply) -> web.Response:
+    ctx.status = reply.status
+    body = reply.body if isinstance(reply.body, bytes) else orjson.dumps(reply.body)
+    headers = {"x-request-id": ctx.request_id, **ctx.response_headers, **reply.headers}
+    return web.Response(body=body, status=reply.status, content_type="application/json", headers=headers)
+
+
+def error_response(ctx: RequestContext, err: GatewayError) -> web.Response:
+    ctx.status, ctx.error_type, ctx.error_code = err.status, err.type, err.code
+    headers = {"x-request-id": ctx.request_id, **ctx.response_headers, **err.headers}
+    body = err.to_anthropic_json() if ctx.endpoint == "messages" else err.to_json(ctx.request_id)
+    return web.Response(body=body, status=err.status, content_type="application/json", headers=headers)
+
+
+async def write_stream(request: web.Request, ctx: RequestContext, reply: StreamReply) -> web.StreamResponse:
+    """Write SSE events as they come. Errors raised by the iterator after the first byte become
+    an error event then [DONE]; a client that goes away closes the iterator (and so the upstream)."""
+    events = reply.events
+    resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, "x-request-id": ctx.request_id,
+                                                   **ctx.response_headers, **reply.headers})
+    ctx.status = 200
+    try:
+        await resp.prepare(request)
+        async for event in events:
+            if ctx.ttft_ms is None:
+                ctx.mark_first_token()
+            await resp.write(event)
+        await resp.write_eof()
+    except GatewayError as err:
+        ctx.status, ctx.error_type, ctx.error_code, ctx.partial = err.status, err.type, err.code, True
+        await _write_quietly(resp, ctx, stream_error_events(ctx, err))
+    except (ConnectionResetError, ConnectionError):
+        ctx.status, ctx.error_type, ctx.partial = 499, "client_disconnected", True
+    except asyncio.CancelledError:
+        ctx.status, ctx.error_type, ctx.partial = 499, "client_disconnected", True
+        raise
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    return resp
+
+
+def stream_error_events(ctx: RequestContext, err: GatewayError) -> bytes:
+    if ctx.endpoint == "messages":
+        return b"event: error\ndata: " + err.to_anthropic_json() + b"\n\n"
+    return data_event(err.to_json(ctx.request_id)) + DONE
+
+
+async def _write_quietly(resp: web.StreamResponse, ctx: RequestContext, data: bytes) -> None:
+    try:
+        await resp.write(data)
+        await resp.write_eof()
+    except (ConnectionResetError, ConnectionError):
+        ctx.error_type = "client_disconnected"

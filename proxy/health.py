@@ -1,0 +1,38 @@
+"""Per-target cooldowns: a target that keeps failing is skipped for a while, then probed."""
+from __future__ import annotations
+
+import time
+
+FAILURES_BEFORE_COOLDOWN = 3
+
+
+class Health:
+    def __init__(self) -> None:
+        self._failures: dict[tuple, int] = {}
+        self._until: dict[tuple, float] = {}
+
+    @staticmethod
+    def _key(target) -> tuple:
+        return (target.provider, target.model)
+
+    def cooling(self, target) -> bool:
+        until = self._until.get(self._key(target))
+        return until is not None and time.monotonic() < until
+
+    def failure(self, target, cooldown: float) -> None:
+        key = self._key(target)
+        n = self._failures.get(key, 0) + 1
+        self._failures[key] = n
+        if n >= FAILURES_BEFORE_COOLDOWN:
+            self._until[key] = time.monotonic() + cooldown
+
+    def success(self, target) -> None:
+        key = (target.provider, target.model)
+        if key in self._failures:
+            del self._failures[key]
+            self._until.pop(key, None)
+
+    def snapshot(self) -> dict[tuple, float]:
+        """Seconds of cooldown left per (provider, model), for `modelway routes` and /metrics."""
+        now = time.monotonic()
+        return {k: round(u - now, 1) for k, u in self._until.items() if u > now}

@@ -1,0 +1,90 @@
+"""The middleware contract and the chain built from the `middlewares:` list.
+
+A middleware factory takes the Gateway and keyword-only options (checked at build time) and
+returns a `Middleware`. `handle(ctx, call_next)` wraps the rest of the chain and may
+short-circuit it (auth, rate limits, cache hits) or wrap a StreamReply's `events` iterator
+(cache, accounting). `finish(ctx)` observes the completed request exactly once — after the
+last byte, an error or a client disconnect — wherever the middleware sits in the list, so
+observers (access log, ledger, metrics) see every request, including those an earlier
+middleware refused.
+"""
+from __future__ import annotations
+
+import importlib
+from functools import partial
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+if TYPE_CHECKING:
+    from proxy.config import MiddlewareSpec
+    from proxy.context import Reply, RequestContext
+
+Handler = Callable[["RequestContext"], Awaitable["Reply"]]
+
+BUILTINS = {
+    "access_log": "middlewares.access_log:access_log",
+    "auth": "middlewares.auth:auth",
+    "ratelimit": "middlewares.ratelimit:ratelimit",
+    "presets": "middlewares.presets:presets",
+    "cache": "middlewares.cache:cache",
+    "accounting": "middlewares.accounting:accounting",
+}
+
+
+class Middleware:
+    name = "middleware"
+
+    async def handle(self, ctx: "RequestContext", call_next: Handler) -> "Reply":
+        return await call_next(ctx)
+
+    def finish(self, ctx: "RequestContext") -> None:
+        """Called once when the request is complete (success, error or disconnect)."""
+
+
+class MiddlewareBuildError(Exception):
+    pass
+
+
+def load_factory(name: str):
+    target = BUILTINS.get(name, name)
+    module, _, attr = target.partition(":")
+    if not attr:
+        raise MiddlewareBuildError(f"middleware {name!r}: expected 'package.module:factory'")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise MiddlewareBuildError(f"middleware {name!r}: cannot import {target}: {exc}") from exc
+
+
+def build_middlewares(specs: "tuple[MiddlewareSpec, ...]", gateway) -> list[Middleware]:
+    out = []
+    for spec in specs:
+        factory = load_factory(spec.name)
+        try:
+            mw = factory(gateway, **dict(spec.options))
+        except TypeError as exc:
+            raise MiddlewareBuildError(f"middleware {spec.name!r}: bad options: {exc}") from exc
+        out.append(mw)
+    return out
+
+
+class Chain:
+    """The frozen chain: `handler` runs the wrappers then the endpoint; `finish` runs observers."""
+
+    def __init__(self, middlewares: list[Middleware]):
+        self.middlewares = tuple(middlewares)
+        self.wrappers = tuple(m for m in middlewares if type(m).handle is not Middleware.handle)
+        self.finishers = tuple(m.finish for m in middlewares if type(m).finish is not Middleware.finish)
+
+    def wrap(self, endpoint: Handler) -> Handler:
+        handler = endpoint
+        for mw in reversed(self.wrappers):
+            handler = partial(mw.handle, call_next=handler)
+        return handler
+
+    def finish(self, ctx: "RequestContext") -> None:
+        for fn in self.finishers:
+            try:
+                fn(ctx)
+            except Exception:  # an observer must never break the response
+                import structlog
+                structlog.get_logger("modelway").exception("middleware_finish_failed")

@@ -1,0 +1,190 @@
+"""The built-in `mock` provider: deterministic answers so the gateway runs with no keys.
+
+It echoes the last user message, streams it in chunks, reports realistic usage, answers with
+a tool call when tools are offered and the message asks for one (or tool_choice forces it),
+and with JSON when `response_format` asks for it. Model names trigger behaviours, as in
+TensorZero's dummy provider: a name containing `error` fails with HTTP 500, `stream-error`
+breaks its stream after the first chunks, `slow` waits two seconds before answering.
+Options: `latency_ms` (before the first byte), `chunks` (pieces per streamed answer),
+`chunk_delay_ms` (gap between streamed chunks).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+from typing import AsyncIterator
+
+import orjson
+
+from proxy.context import JSONReply, StreamReply, Usage
+from proxy.errors import InvalidRequest, ProviderError
+from proxy.providers.base import Provider
+from proxy.sse import DONE, data_event
+
+_TOOL_ASK = re.compile(r"\b(call|use|invoke|run)\b.*\b(tool|function)\b|\bweather\b", re.I | re.S)
+
+
+class MockProvider(Provider):
+    type = "mock"
+    OPTIONS = {"latency_ms": ("number", 0.0), "chunks": ("int", 8), "chunk_delay_ms": ("number", 0.0)}
+    default_capabilities = {"vision": True, "tools": True, "structured_outputs": True, "reasoning": True,
+                            "prompt_caching": False, "pdf": True, "audio": False}
+
+    async def chat(self, ctx, body: dict):
+        model = body.get("model") or "mock"
+        delay = (self.config.options.get("latency_ms") or 0) / 1000 + (2.0 if "slow" in model else 0)
+        if delay:
+            await asyncio.sleep(delay)
+        if "error" in model and "stream-error" not in model:
+            raise ProviderError(f"provider {self.name!r} returned HTTP 500: mock failure requested by "
+                                f"model name {model!r}", upstream_status=500)
+        message, finish = answer(body)
+        ctx.usage = usage_of(body, message)
+        rid = "chatcmpl-mock-" + hashlib.sha1(orjson.dumps(body.get("messages"))).hexdigest()[:24]
+        if body.get("stream"):
+            return StreamReply(self._stream(ctx, rid, model, message, finish, "stream-error" in model))
+        return JSONReply({
+            "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "system_fingerprint": "mock",
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+            "usage": ctx.usage.to_openai(ctx.finalize_cost()),
+        })
+
+    async def embeddings(self, ctx, body: dict):
+        inputs = body.get("input")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs:
+            raise InvalidRequest("'input' must be a string or a non-empty list", param="input")
+        dims = int(body.get("dimensions") or 8)
+        data = []
+        for i, text in enumerate(inputs):
+            digest = hashlib.sha256(str(text).encode()).digest()
+            data.append({"object": "embedding", "index": i,
+                         "embedding": [round(digest[j % 32] / 255 - 0.5, 6) for j in range(dims)]})
+        tokens = sum(_tokens(str(t)) for t in inputs)
+        ctx.usage = Usage(prompt_tokens=tokens, known=True)
+        return JSONReply({"object": "list", "data": data, "model": body.get("model"),
+                          "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    async def _stream(self, ctx, rid, model, message, finish, broken) -> AsyncIterator[bytes]:
+        opts = self.config.options
+        gap = (opts.get("chunk_delay_ms") or 0) / 1000
+        base = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+                "system_fingerprint": "mock"}
+
+        def chunk(delta: dict, finish_reason=None) -> bytes:
+            return data_event(orjson.dumps({**base, "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}))
+
+        yield chunk({"role": "assistant", "content": ""})
+        if message.get("reasoning_content"):
+            yield chunk({"reasoning_content": message["reasoning_content"]})
+        pieces = split(message.get("content") or "", int(opts.get("chunks") or 8))
+        for i, piece in enumerate(pieces):
+            if gap:
+                await asyncio.sleep(gap)
+            if broken and i >= 1:
+                raise ProviderError(f"provider {self.name!r} broke off the stream (mock stream-error)",
+                                    code="upstream_broken")
+            yield chunk({"content": piece})
+        for i, call in enumerate(message.get("tool_calls") or ()):
+            yield chunk({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                         "function": {"name": call["function"]["name"], "arguments": ""}}]})
+            for piece in split(call["function"]["arguments"], 3):
+                yield chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
+        yield chunk({}, finish)
+        if ctx.include_usage:
+            yield data_event(orjson.dumps({**base, "choices": [],
+                                           "usage": ctx.usage.to_openai(ctx.finalize_cost())}))
+        yield DONE
+
+
+def answer(body: dict) -> tuple[dict, str]:
+    """The mock's deterministic assistant message and finish reason for a request."""
+    messages = body.get("messages") or []
+    text = last_user_text(messages)
+    message: dict = {"role": "assistant", "content": text, "refusal": None}
+    effort = body.get("reasoning_effort")
+    if effort and effort != "none":
+        message["reasoning_content"] = f"The user said {len(text)} characters; I will echo them."
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
+    choice = body.get("tool_choice")
+    if tools and choice != "none" and messages and messages[-1].get("role") != "tool":
+        named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+        if named or choice == "required" or _TOOL_ASK.search(text) or any(
+                t["function"].get("name", "") in text for t in tools):
+            fn = next((t["function"] for t in tools if t["function"].get("name") == named), tools[0]["function"])
+            args = sample(fn.get("parameters") or {"type": "object"}, text)
+            call_id = "call_" + hashlib.sha1((fn.get("name", "") + text).encode()).hexdigest()[:24]
+            message["content"] = None
+            message["tool_calls"] = [{"id": call_id, "type": "function",
+                                      "function": {"name": fn.get("name"), "arguments": orjson.dumps(args).decode()}}]
+            return message, "tool_calls"
+    fmt = body.get("response_format") or {}
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
+        message["content"] = orjson.dumps(sample(schema, text)).decode()
+    elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        message["content"] = orjson.dumps({"echo": text}).decode()
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if isinstance(max_tokens, int) and max_tokens > 0 and _tokens(message["content"] or "") > max_tokens:
+        message["content"] = (message["content"] or "")[: max_tokens * 4]
+        return message, "length"
+    return message, "stop"
+
+
+def last_user_text(messages: list) -> str:
+    for m in reversed(messages):
+        if isinstance(m, dict) and m.get("role") == "user":
+            content = m.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def sample(schema: dict, text: str):
+    """A value that satisfies a (simple) JSON Schema, built from the echoed text."""
+    if not isinstance(schema, dict):
+        return None
+    if "enum" in schema and schema["enum"]:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return sample(schema[key][0], text)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        props = schema.get("properties") or {}
+        return {name: sample(sub, text) for name, sub in props.items()} if props else {"echo": text}
+    return {"string": text, "integer": len(text), "number": float(len(text)), "boolean": True,
+            "array": [], "null": None}.get(kind, text)
+
+
+def split(text: str, n: int) -> list[str]:
+    if not text:
+        return []
+    n = max(1, min(n, len(text)))
+    size = -(-len(text) // n)
+    return [text[i:i + size] for i in range(0, len(text), size)]
+
+
+def _tokens(text: str) -> int:
+    return max(1, len(text) // 4) if text else 0
+
+
+def usage_of(body: dict, message: dict) -> Usage:
+    prompt = 3
+    for m in body.get("messages") or []:
+        prompt += 4 + _tokens(orjson.dumps(m.get("content")).decode() if isinstance(m, dict) else "")
+    out = message.get("content") or orjson.dumps(message.get("tool_calls") or "").decode()
+    reasoning = _tokens(message.get("reasoning_content") or "")
+    return Usage(prompt_tokens=prompt, completion_tokens=_tokens(out) + reasoning,
+                 reasoning_tokens=reasoning, known=True)

@@ -1,0 +1,93 @@
+"""Run one worker: the aiohttp app on a socket, SIGHUP reload, SIGTERM drain, sd_notify."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+
+import structlog
+from aiohttp import web
+
+from proxy.app import create_app
+from proxy.config import Config
+from proxy.gateway import Gateway
+
+log = structlog.get_logger("modelway")
+
+
+def sd_notify(message: str) -> None:
+    """systemd's notify protocol over NOTIFY_SOCKET (no dependency); a no-op outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr[0] == "@":
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(message.encode())
+    except OSError:
+        pass
+
+
+async def serve(config: Config, config_path: str | None, host: str, port: int, reuse_port: bool = False,
+                notify: bool = True) -> None:
+    gateway = Gateway(config, config_path)
+    app = create_app(gateway)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=config.server.drain_seconds)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
+    await site.start()
+    log.info("listening", host=host, port=port, pid=os.getpid(), config_version=config.version,
+             models=len(config.models))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    async def reload() -> None:
+        if notify:
+            sd_notify(f"RELOADING=1\nMONOTONIC_USEC={int(__import__('time').monotonic() * 1e6)}")
+        await gateway.reload()
+        if notify:
+            sd_notify("READY=1")
+
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    watcher = asyncio.ensure_future(_watch(gateway)) if config.server.watch_config and config_path else None
+    if notify:
+        sd_notify("READY=1")
+    await stop.wait()
+    log.info("draining", pid=os.getpid(), inflight=gateway.state.inflight if gateway.state else 0)
+    if notify:
+        sd_notify("STOPPING=1")
+    gateway.draining = True
+    if watcher:
+        watcher.cancel()
+    await runner.cleanup()   # stops listening, waits for in-flight requests (shutdown_timeout), closes
+    log.info("stopped", pid=os.getpid())
+
+
+async def _watch(gateway: Gateway) -> None:
+    path = gateway.config_path
+    last = os.stat(path).st_mtime_ns
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except OSError:
+            continue
+        if mtime != last:
+            last = mtime
+            await gateway.reload()
+
+
+def run_worker(config: Config, config_path: str | None, host: str, port: int, reuse_port: bool,
+               notify: bool = True) -> None:
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    runner(serve(config, config_path, host, port, reuse_port, notify))
