@@ -132,9 +132,11 @@ def backoff(attempt: int, err: GatewayError) -> float:
 def check_chat_body(body: dict) -> None:
     """The fields the gateway itself needs, with a `param` naming what is wrong."""
     model = body.get("model")
-    if model is None:
+    if model is None and isinstance(body.get("preset"), str):
+        body["model"] = model = ""       # the preset names the model
+    elif model is None:
         raise InvalidRequest("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
-    if not isinstance(model, str) or not model:
+    if not isinstance(model, str) or not (model or body.get("preset")):
         raise InvalidRequest("'model' must be a non-empty string.", param="model", code="invalid_type")
     msgs = body.get("messages")
     if msgs is None:

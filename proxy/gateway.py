@@ -42,6 +42,7 @@ class Gateway:
 
     async def start(self) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
+        await self._open_services()
         for warning in self.config.warnings:
             log.warning("config_warning", message=warning)
         self.state = await self._build(self.config, old=None)
@@ -52,18 +53,25 @@ class Gateway:
         from proxy.models import list_models_endpoint
         providers: dict[str, Provider] = {}
         disabled: dict[str, str] = {}
-        for name, pc in config.providers.items():
-            if pc.disabled_reason:
-                disabled[name] = pc.disabled_reason
-                continue
-            reuse = old.providers.get(name) if old else None
-            if reuse is not None and reuse.config == pc:
-                providers[name] = reuse
-                continue
-            provider = provider_class(pc.type)(pc)
-            await provider.start()
-            providers[name] = provider
-        chain = Chain(build_middlewares(config.middlewares, self))
+        started: list[Provider] = []
+        try:
+            for name, pc in config.providers.items():
+                if pc.disabled_reason:
+                    disabled[name] = pc.disabled_reason
+                    continue
+                reuse = old.providers.get(name) if old else None
+                if reuse is not None and reuse.config == pc:
+                    providers[name] = reuse
+                    continue
+                provider = provider_class(pc.type)(pc)
+                await provider.start()
+                started.append(provider)
+                providers[name] = provider
+            chain = Chain(build_middlewares(config.middlewares, self))
+        except BaseException:
+            for provider in started:
+                await provider.close()
+            raise
         endpoints = {"chat": chain.wrap(dispatch), "embeddings": chain.wrap(dispatch),
                      "messages": chain.wrap(dispatch), "models": chain.wrap(list_models_endpoint),
                      "account": chain.wrap(account_endpoint)}
@@ -97,7 +105,14 @@ class Gateway:
         for p in stale:
             await p.close()
 
+    async def _open_services(self) -> None:
+        """Storage that lives as long as the process, shared by middlewares and endpoints."""
+        from proxy.response_cache import ResponseCache
+        cache = self.config.cache
+        self.response_cache = ResponseCache(os.path.join(self.data_dir, "cache"), cache.size_limit_mb)
+
     async def close(self) -> None:
         if self.state:
             for p in self.state.providers.values():
                 await p.close()
+        await self.response_cache.close()

@@ -1,0 +1,152 @@
+"""Response cache (SPEC §5) on diskcache: exact match on the canonical request after preset
+and route resolution, scoped per API key unless shared. diskcache calls run in a thread.
+
+Per request: `Cache-Control: no-cache` (skip lookup, still store) / `no-store` (neither), or
+a body field `cache: {"no-cache": bool, "no-store": bool, "ttl": seconds}`. A hit answers
+`x-cache: HIT` with cost 0 (streamed requests get the answer replayed as SSE); a miss says
+`x-cache: MISS` and is stored once complete. Errors, truncated (`length`) and cancelled
+answers are never stored.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import AsyncIterator
+
+import orjson
+
+from proxy.chunks import Assembler, replay
+from proxy.context import JSONReply, StreamReply, Usage
+from proxy.dispatch import resolve_route
+from proxy.errors import InvalidRequest
+from proxy.pipeline import Middleware
+
+# fields that cannot change the answer's content
+IGNORED = frozenset(("stream", "stream_options", "cache", "preset", "model", "user", "metadata", "store",
+                     "service_tier", "models"))
+
+
+class Cache(Middleware):
+    name = "cache"
+
+    def __init__(self, gateway, shared: bool | None):
+        self.gateway = gateway
+        self.shared = shared
+
+    async def handle(self, ctx, call_next):
+        if ctx.endpoint != "chat" or ctx.body is None:
+            return await call_next(ctx)
+        config = ctx.state.config.cache
+        route = resolve_route(ctx).route
+        enabled = config.enabled if route.cache is None else route.cache
+        control = _controls(ctx)
+        if not enabled or control["no-store"]:
+            if enabled:
+                ctx.cache_status = ctx.response_headers["x-cache"] = "BYPASS"
+            return await call_next(ctx)
+        store = self.gateway.response_cache
+        key = cache_key(ctx, self.shared if self.shared is not None else config.shared)
+        if not control["no-cache"]:
+            hit = await store.get(key)
+            if hit is not None:
+                return self._hit(ctx, orjson.loads(hit))
+        ctx.cache_status = ctx.response_headers["x-cache"] = "MISS"
+        ttl = control["ttl"] or config.ttl
+        reply = await call_next(ctx)
+        if isinstance(reply, JSONReply):
+            if reply.status == 200 and isinstance(reply.body, dict) and _complete(reply.body):
+                store.put_later(key, _stored(ctx, reply.body), ttl)
+            return reply
+        reply.events = self._tee(ctx, reply.events, key, ttl)
+        return reply
+
+    def _hit(self, ctx, stored: dict):
+        ctx.cache_hit = True
+        ctx.cache_status = ctx.response_headers["x-cache"] = "HIT"
+        completion = stored["completion"]
+        ctx.provider, ctx.upstream_model = stored.get("provider"), stored.get("upstream_model")
+        ctx.usage = Usage.from_openai(completion.get("usage"))
+        usage = ctx.usage.to_openai(ctx.finalize_cost())
+        completion["usage"] = usage
+        if ctx.stream:
+            return StreamReply(_aiter(replay(completion, ctx.include_usage, usage)))
+        return JSONReply(completion)
+
+    async def _tee(self, ctx, events, key: str, ttl: float) -> AsyncIterator[bytes]:
+        assembler = Assembler()
+        done = False
+        try:
+            async for event in events:
+                if event.startswith(b"data: {"):
+                    assembler.feed(orjson.loads(event[6:]))
+                elif event.startswith(b"data: [DONE]"):
+                    done = True
+                yield event
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if done and assembler.base is not None:
+            completion = assembler.result()
+            if ctx.usage.known:
+                completion["usage"] = ctx.usage.to_openai()
+            if _complete(completion):
+                self.gateway.response_cache.put_later(key, _stored(ctx, completion), ttl)
+
+
+async def _aiter(items) -> AsyncIterator[bytes]:
+    for item in items:
+        yield item
+
+
+def _complete(completion: dict) -> bool:
+    choices = completion.get("choices") or ()
+    return bool(choices) and all(c.get("finish_reason") in ("stop", "tool_calls") for c in choices)
+
+
+def _stored(ctx, completion: dict) -> bytes:
+    return orjson.dumps({"completion": completion, "provider": ctx.provider, "upstream_model": ctx.upstream_model})
+
+
+def _controls(ctx) -> dict:
+    out = {"no-cache": False, "no-store": False, "ttl": None}
+    header = ctx.request.headers.get("Cache-Control", "").lower()
+    if "no-store" in header:
+        out["no-store"] = True
+    if "no-cache" in header:
+        out["no-cache"] = True
+    field = ctx.body.pop("cache", None)
+    if field is None:
+        return out
+    if not isinstance(field, dict):
+        raise InvalidRequest("'cache' must be an object like {\"no-cache\": true, \"ttl\": 60}.", param="cache")
+    for name in ("no-cache", "no-store"):
+        value = field.get(name, field.get(name.replace("-", "_")))
+        if value is not None:
+            if not isinstance(value, bool):
+                raise InvalidRequest(f"'cache.{name}' must be a boolean.", param=f"cache.{name}")
+            out[name] = out[name] or value
+    ttl = field.get("ttl")
+    if ttl is not None:
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
+            raise InvalidRequest("'cache.ttl' must be a positive number of seconds.", param="cache.ttl")
+        out["ttl"] = float(ttl)
+    return out
+
+
+def cache_key(ctx, shared: bool) -> str:
+    """sha256 over the canonical request: scope, resolved route and targets, every
+    output-affecting field (JSON key order and `stream` do not matter)."""
+    match = ctx.match
+    canonical = {
+        "scope": None if shared or ctx.key is None else ctx.key.id,
+        "route": match.route.name,
+        "targets": [(t.provider, match.upstream_model(t)) for t in match.route.targets],
+        "effort": match.reasoning_effort,
+        "body": {k: v for k, v in ctx.body.items() if k not in IGNORED},
+    }
+    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def cache(gateway, *, shared: bool | None = None) -> Cache:
+    return Cache(gateway, shared)

@@ -1,0 +1,63 @@
+"""Shared fixtures: fake upstreams on 127.0.0.1 and a gateway built from a YAML text."""
+from __future__ import annotations
+
+import textwrap
+
+import openai
+import pytest
+from aiohttp import web
+
+from proxy.app import create_app
+from proxy.config import parse_config
+from proxy.gateway import Gateway
+from tests.fakes.openai_upstream import FakeOpenAI, start
+
+
+@pytest.fixture
+async def fake_openai():
+    fake = FakeOpenAI()
+    runner, url = await start(fake)
+    fake.url = url
+    yield fake
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def make_gateway(tmp_path):
+    """make_gateway(yaml_text, env={...}) -> Running gateway with .url, .app, .gateway, .client()."""
+    runners = []
+
+    async def make(yaml_text: str, env: dict | None = None, filename: str | None = None) -> "Running":
+        text = textwrap.dedent(yaml_text)
+        if "data_dir" not in text:
+            text = f"server: {{data_dir: {tmp_path / 'var'}}}\n" + text
+        path = tmp_path / (filename or "routes.yaml")
+        path.write_text(text)
+        config = parse_config(text, str(path), env=env or {})
+        gateway = Gateway(config, str(path))
+        app = create_app(gateway)
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = site._server.sockets[0].getsockname()[1]
+        return Running(f"http://127.0.0.1:{port}", app, gateway, runner)
+
+    yield make
+    for runner in runners:
+        await runner.cleanup()
+
+
+class Running:
+    def __init__(self, url, app, gateway, runner):
+        self.url, self.app, self.gateway, self.runner = url, app, gateway, runner
+
+    def client(self, api_key: str = "sk-client-test", **kw) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, **kw)
+
+    def sync_client(self, api_key: str = "sk-client-test", **kw) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, **kw)
+
+    async def close(self):
+        await self.runner.cleanup()
