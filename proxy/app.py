@@ -92,6 +92,7 @@ def create_app(gateway: Gateway) -> web.Application:
     r = app.router
     r.add_post("/v1/chat/completions", handlers.chat_completions)
     r.add_post("/v1/embeddings", handlers.embeddings)
+    r.add_post("/v1/messages", handlers.messages)
     r.add_get("/v1/models", models)
     r.add_get("/v1/models/{model_id:.+}", models)
     for path in ("/v1/account/balance", "/v1/account/activity", "/v1/account/analytics"):

@@ -86,7 +86,13 @@ async def _prepare_embeddings(request: web.Request, ctx: RequestContext) -> None
     ctx.body, ctx.model, ctx.requested_model = body, model, model
 
 
-async def run(request: web.Request, ctx: RequestContext, prepare) -> web.StreamResponse:
+async def messages(request: web.Request) -> web.StreamResponse:
+    from proxy.inbound.adapter import prepare_messages, to_anthropic_reply
+    ctx = new_context(request, "messages")
+    return await run(request, ctx, prepare_messages, to_anthropic_reply)
+
+
+async def run(request: web.Request, ctx: RequestContext, prepare, adapt=None) -> web.StreamResponse:
     """Run one API request through the chain and write its reply; finishers see every outcome."""
     state = ctx.state
     state.inflight += 1
@@ -94,6 +100,8 @@ async def run(request: web.Request, ctx: RequestContext, prepare) -> web.StreamR
         if prepare is not None:
             await prepare(request, ctx)
         reply = await state.endpoints[ctx.endpoint](ctx)
+        if adapt is not None:
+            reply = adapt(ctx, reply)
         if isinstance(reply, StreamReply):
             return await write_stream(request, ctx, reply)
         return write_json(ctx, reply)
