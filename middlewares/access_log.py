@@ -27,5 +27,5 @@ class AccessLog(Middleware):
             cost=ctx.cost, cache=ctx.cache_status, attempts=ctx.attempts)
 
 
-def access_log(gateway, *, logger: str = "modelway.access") -> AccessLog:
+def access_log(gateway, config, *, logger: str = "modelway.access") -> AccessLog:
     return AccessLog(logger)

@@ -148,5 +148,5 @@ def cache_key(ctx, shared: bool) -> str:
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def cache(gateway, *, shared: bool | None = None) -> Cache:
+def cache(gateway, config, *, shared: bool | None = None) -> Cache:
     return Cache(gateway, shared)

@@ -73,5 +73,5 @@ def apply(ctx, name: str, override: str | None) -> None:
     ctx.include_usage = ctx.stream and isinstance(opts, dict) and opts.get("include_usage") is True
 
 
-def presets(gateway) -> Presets:
+def presets(gateway, config) -> Presets:
     return Presets()

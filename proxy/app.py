@@ -73,10 +73,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     gw: Gateway = request.app[GATEWAY]
-    render = gw.services.get("metrics_render")
-    text = render() if render else ""
-    return web.Response(text=text, content_type="text/plain", charset="utf-8",
-                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    text = await gw.metrics.arender()
+    return web.Response(body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 def create_app(gateway: Gateway) -> web.Application:

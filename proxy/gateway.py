@@ -37,7 +37,6 @@ class Gateway:
         self.config_path = config_path
         self.state: State | None = None
         self.data_dir = os.path.abspath(config.server.data_dir)
-        self.services: dict[str, object] = {}   # long-lived storage opened by middlewares
         self.draining = False
 
     async def start(self) -> None:
@@ -67,7 +66,7 @@ class Gateway:
                 await provider.start()
                 started.append(provider)
                 providers[name] = provider
-            chain = Chain(build_middlewares(config.middlewares, self))
+            chain = Chain(build_middlewares(config, self))
         except BaseException:
             for provider in started:
                 await provider.close()
@@ -106,13 +105,32 @@ class Gateway:
             await p.close()
 
     async def _open_services(self) -> None:
-        """Storage that lives as long as the process, shared by middlewares and endpoints."""
+        """Storage that lives as long as the process, shared by middlewares and endpoints:
+        one SQLite database (ledger + managed keys, in its own thread), the shared counters
+        file, per-worker metrics snapshots and the response cache directory."""
         from proxy.response_cache import ResponseCache
-        cache = self.config.cache
-        self.response_cache = ResponseCache(os.path.join(self.data_dir, "cache"), cache.size_limit_mb)
+        from proxy.store.counters import SharedCounters
+        from proxy.store.db import Database
+        from proxy.store.keys import KeyStore
+        from proxy.store.ledger import LedgerWriter
+        from proxy.store.metrics import Metrics
+        self.db = Database(self.data_dir)
+        self.ledger = LedgerWriter(self.db)
+        self.keys = KeyStore(self.db)
+        self.counters = SharedCounters.in_dir(self.data_dir)
+        self.metrics = Metrics(self.data_dir)
+        self.response_cache = ResponseCache(os.path.join(self.data_dir, "cache"), self.config.cache.size_limit_mb)
+        await self.ledger.start()
+        await self.keys.start()
+        await self.metrics.start()
 
     async def close(self) -> None:
         if self.state:
             for p in self.state.providers.values():
                 await p.close()
+        await self.keys.close()
+        await self.ledger.close()          # flushes every queued ledger row
+        await self.metrics.close()
         await self.response_cache.close()
+        self.counters.close()
+        await self.db.aclose()

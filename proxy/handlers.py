@@ -112,6 +112,8 @@ async def run(request: web.Request, ctx: RequestContext, prepare, adapt=None) ->
         raise
     finally:
         state.inflight -= 1
+        if ctx.usage.known:
+            ctx.finalize_cost()
         state.chain.finish(ctx)
 
 

@@ -1,7 +1,7 @@
 """The middleware contract and the chain built from the `middlewares:` list.
 
-A middleware factory takes the Gateway and keyword-only options (checked at build time) and
-returns a `Middleware`. `handle(ctx, call_next)` wraps the rest of the chain and may
+A middleware factory `factory(gateway, config, **options)` takes the Gateway, the Config being
+built and keyword-only options (checked at build time) and returns a `Middleware`. `handle(ctx, call_next)` wraps the rest of the chain and may
 short-circuit it (auth, rate limits, cache hits) or wrap a StreamReply's `events` iterator
 (cache, accounting). `finish(ctx)` observes the completed request exactly once — after the
 last byte, an error or a client disconnect — wherever the middleware sits in the list, so
@@ -55,12 +55,12 @@ def load_factory(name: str):
         raise MiddlewareBuildError(f"middleware {name!r}: cannot import {target}: {exc}") from exc
 
 
-def build_middlewares(specs: "tuple[MiddlewareSpec, ...]", gateway) -> list[Middleware]:
+def build_middlewares(config, gateway) -> list[Middleware]:
     out = []
-    for spec in specs:
+    for spec in config.middlewares:
         factory = load_factory(spec.name)
         try:
-            mw = factory(gateway, **dict(spec.options))
+            mw = factory(gateway, config, **dict(spec.options))
         except TypeError as exc:
             raise MiddlewareBuildError(f"middleware {spec.name!r}: bad options: {exc}") from exc
         out.append(mw)

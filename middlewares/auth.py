@@ -1,0 +1,81 @@
+"""Auth: `Authorization: Bearer <key>` or `x-api-key`. Static keys and management keys come
+from routes.yaml (by sha256 of the secret); managed keys from the key store (in memory,
+refreshed from SQLite within a second of a change by any process). `auth: {mode: none}`
+switches it off for a purely local setup."""
+from __future__ import annotations
+
+import hashlib
+import time
+
+from proxy.context import KeyIdentity
+from proxy.errors import AuthenticationError
+from proxy.pipeline import Middleware
+
+
+def static_identities(config) -> dict[str, KeyIdentity]:
+    out = {}
+    for k in config.keys:
+        out[k.sha256] = (KeyIdentity(id=f"static:{k.label}", label=k.label, allowed_models=k.allowed_models,
+                                     minute_limit=k.minute_limit, daily_limit=k.daily_limit, balance=k.balance,
+                                     max_concurrent=k.max_concurrent, source="static"), k)
+    for k in config.management_keys:
+        out[k.sha256] = (KeyIdentity(id=f"management:{k.label}", label=k.label, management=True,
+                                     source="management"), k)
+    return out
+
+
+def managed_identity(record: dict) -> KeyIdentity:
+    return KeyIdentity(id=record["id"], label=record.get("label") or record["id"],
+                       allowed_models=tuple(record.get("allowed_models") or ()),
+                       minute_limit=record.get("minute_limit"), daily_limit=record.get("daily_limit"),
+                       balance=record.get("balance"), max_concurrent=record.get("max_concurrent"),
+                       source="managed")
+
+
+def presented_secret(request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return request.headers.get("x-api-key") or None
+
+
+class Auth(Middleware):
+    name = "auth"
+
+    def __init__(self, gateway, config):
+        self.gateway = gateway
+        self.static = static_identities(config)
+
+    async def handle(self, ctx, call_next):
+        if ctx.state.config.auth_mode == "none":
+            return await call_next(ctx)
+        secret = presented_secret(ctx.request)
+        if secret is None:
+            raise AuthenticationError("Missing API key. Send it as 'Authorization: Bearer <key>'.",
+                                      code="missing_api_key")
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        found = self.static.get(digest)
+        if found is not None:
+            identity, spec = found
+            if getattr(spec, "disabled", False):
+                raise AuthenticationError("This API key is disabled.", code="key_disabled")
+            if getattr(spec, "expires_at", None) and spec.expires_at <= time.time():
+                raise AuthenticationError("This API key has expired.", code="key_expired")
+        else:
+            record = self.gateway.keys.lookup(digest)
+            if record is None:
+                raise AuthenticationError("Invalid API key.", code="invalid_api_key")
+            if record.get("disabled"):
+                raise AuthenticationError("This API key is disabled.", code="key_disabled")
+            expires = record.get("expires_at")
+            if expires and expires <= time.time():
+                raise AuthenticationError("This API key has expired.", code="key_expired")
+            identity = managed_identity(record)
+        ctx.key = identity
+        return await call_next(ctx)
+
+
+def auth(gateway, config) -> Auth:
+    return Auth(gateway, config)

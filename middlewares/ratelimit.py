@@ -1,0 +1,104 @@
+"""Rate limits and budgets per key, enforced before the upstream is called and shared by every
+worker process (mmap'd counters, see proxy.store.counters):
+
+- `minute_limit`: requests per minute (sliding window). Every response of a limited key
+  carries X-RateLimit-Limit-Minute / -Remaining-Minute / -Reset-Minute.
+- `daily_limit`: USD per UTC day, from the cost of finished requests.
+- `balance`: USD; managed keys are charged by the ledger, static keys against their total
+  spend in the ledger (refreshed every second).
+- `max_concurrent`: requests in flight at once.
+Over any of them: 429 rate_limit_error with Retry-After.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from proxy.errors import RateLimited
+from proxy.pipeline import Middleware
+
+INFERENCE = frozenset(("chat", "messages", "embeddings"))
+
+
+def seconds_to_utc_midnight(now: float | None = None) -> int:
+    now = time.time() if now is None else now
+    return max(1, int(86400 - now % 86400))
+
+
+class RateLimit(Middleware):
+    name = "ratelimit"
+
+    def __init__(self, gateway, config):
+        self.gateway = gateway
+        self.static_balances = {f"static:{k.label}": k.balance for k in config.keys if k.balance is not None}
+        self.static_spent: dict[str, float] = {}
+        self._refresher: asyncio.Task | None = None
+
+    async def handle(self, ctx, call_next):
+        key = ctx.key
+        if key is None or key.management:
+            return await call_next(ctx)
+        counters = self.gateway.counters
+        if key.minute_limit is not None:
+            allowed, remaining, reset = counters.hit(key.id, key.minute_limit)
+            headers = {"X-RateLimit-Limit-Minute": str(key.minute_limit),
+                       "X-RateLimit-Remaining-Minute": str(remaining),
+                       "X-RateLimit-Reset-Minute": str(reset)}
+            ctx.response_headers.update(headers)
+            if not allowed:
+                raise RateLimited(f"Rate limit of {key.minute_limit} requests per minute exceeded.",
+                                  code="minute_limit_exceeded", headers={"Retry-After": str(max(reset, 1))},
+                                  tip=f"Retry after {max(reset, 1)} s or ask for a higher minute_limit.")
+        if ctx.endpoint in INFERENCE:
+            self._check_spend(key, counters)
+            if key.max_concurrent is not None:
+                if not counters.acquire(key.id, key.max_concurrent):
+                    raise RateLimited(f"Too many concurrent requests for this key (max {key.max_concurrent}).",
+                                      code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
+                ctx.extra["concurrency_held"] = True
+        return await call_next(ctx)
+
+    def _check_spend(self, key, counters) -> None:
+        if key.daily_limit is not None:
+            spent = counters.spend_today(key.id)
+            if spent >= key.daily_limit:
+                wait = seconds_to_utc_midnight()
+                raise RateLimited(f"Daily budget of ${key.daily_limit:g} is used up (spent ${spent:.4f} today).",
+                                  code="daily_limit_exceeded", headers={"Retry-After": str(wait)},
+                                  tip="The budget resets at 00:00 UTC.")
+        balance = key.balance
+        if key.source == "static" and balance is not None:
+            self._ensure_refresher()
+            balance -= self.static_spent.get(key.id, 0.0)
+        if balance is not None and balance <= 0:
+            raise RateLimited("This key's balance is used up.", code="balance_exhausted",
+                              headers={"Retry-After": "3600"}, tip="Ask an administrator to top up the key.")
+
+    def finish(self, ctx) -> None:
+        key = ctx.key
+        if key is None:
+            return
+        if ctx.extra.get("concurrency_held"):
+            self.gateway.counters.release(key.id)
+        if ctx.cost:
+            self.gateway.counters.add_spend(key.id, ctx.cost)
+            if key.id in self.static_balances:
+                self.static_spent[key.id] = self.static_spent.get(key.id, 0.0) + ctx.cost
+
+    def _ensure_refresher(self) -> None:
+        if self._refresher is None:
+            self._refresher = asyncio.ensure_future(self._refresh())
+
+    async def _refresh(self) -> None:
+        """Static keys' total spend from the ledger (all workers), once a second."""
+        while True:
+            for key_id in self.static_balances:
+                try:
+                    self.static_spent[key_id] = (await self.gateway.ledger.balance(key_id)).get("total_spent") or 0.0
+                except Exception:
+                    pass
+            await asyncio.sleep(1.0)
+
+
+def ratelimit(gateway, config) -> RateLimit:
+    return RateLimit(gateway, config)

@@ -1,0 +1,16 @@
+"""Embedded storage under `server.data_dir`, safe for several worker processes of one machine.
+
+- `db`: the SQLite file (`modelway.db`, WAL) and the one thread each process queries it from.
+- `ledger`: batched accounting rows and the account API's read queries.
+- `keys`: managed API keys, hashed, with an in-memory index refreshed across processes.
+- `counters`: per-key minute counts, daily spend and in-flight requests in an mmap'd file.
+- `metrics`: Prometheus counters and histograms merged over worker processes.
+"""
+from proxy.store.counters import SharedCounters
+from proxy.store.db import Database
+from proxy.store.keys import KeyStore, hash_secret
+from proxy.store.ledger import LedgerWriter, format_usage_table, usage_report
+from proxy.store.metrics import Metrics
+
+__all__ = ["Database", "KeyStore", "LedgerWriter", "Metrics", "SharedCounters",
+           "format_usage_table", "hash_secret", "usage_report"]

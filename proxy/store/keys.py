@@ -1,0 +1,240 @@
+"""Managed API keys: created over HTTP or by `modelway keys create`, stored hashed in SQLite.
+
+The secret (`mw-` + 43 url-safe characters) is shown once by `create()` and stored only as its
+sha256 hex digest plus a masked hint (`mw-abc...wxyz`) in `prefix`. Every record dict handed out
+is masked: it never holds the secret or the hash.
+
+Auth looks keys up in memory (`lookup(sha256_hex)`, a dict read). `start()` loads that dict and
+polls `meta` every 0.5 s in the database thread; when another process created, changed or
+deleted a key (`keys_version`) or the ledger charged a balance (`balance_version`), the dict is
+rebuilt. A revoked or changed key therefore takes effect on every worker within ~0.5 s; a
+balance within ~0.75 s (ledger flush + poll).
+
+Sync methods (`create`, `list`, `get`, `update`, `revoke`) block: they are for the CLI. HTTP
+handlers use the `a`-prefixed async twins, which also refresh this process's dict at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import sqlite3
+import time
+from typing import Any
+
+import orjson
+import structlog
+
+from proxy.store.db import Database, bump_version, fetch_dicts, read_versions, transaction
+from proxy.store.ledger import utc_day_start
+
+log = structlog.get_logger(__name__)
+
+SECRET_PREFIX = "mw-"
+UPDATABLE = frozenset({"label", "allowed_models", "minute_limit", "daily_limit", "balance",
+                       "max_concurrent", "expires_at", "disabled"})
+_PUBLIC = ("id, label, prefix, allowed_models, minute_limit, daily_limit, balance, "
+           "max_concurrent, expires_at, disabled, created_at, updated_at, last_used_at")
+
+
+def hash_secret(secret: str) -> str:
+    """sha256 hex of a key secret: what `routes.yaml` and the database store."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def mask_secret(secret: str) -> str:
+    return f"{secret[:6]}...{secret[-4:]}"
+
+
+def _decode(row: dict) -> dict:
+    allowed = row["allowed_models"]
+    row["allowed_models"] = orjson.loads(allowed) if allowed is not None else None
+    row["disabled"] = bool(row["disabled"])
+    return row
+
+
+def _encode(field: str, value: Any) -> Any:
+    if field == "allowed_models":
+        if value is None:
+            return None
+        if isinstance(value, str) or not all(isinstance(m, str) for m in value):
+            raise ValueError("allowed_models must be a list of model names or globs")
+        return orjson.dumps(list(value)).decode()
+    if field == "disabled":
+        return int(bool(value))
+    return value
+
+
+def _select(conn: sqlite3.Connection, where: str = "", params: tuple = ()) -> list[dict]:
+    return [_decode(r) for r in fetch_dicts(
+        conn, f"SELECT {_PUBLIC} FROM api_keys{where} ORDER BY created_at, id", params)]
+
+
+def _with_usage(conn: sqlite3.Connection, rows: list[dict]) -> list[dict]:
+    """Fill `usage_today` (USD in the ledger since 00:00 UTC) on masked records."""
+    if rows:
+        spent = dict(conn.execute(
+            "SELECT key_id, sum(cost) FROM ledger WHERE created_at >= ? GROUP BY key_id",
+            (utc_day_start(),)).fetchall())
+        for r in rows:
+            r["usage_today"] = spent.get(r["id"]) or 0.0
+    return rows
+
+
+def _list(conn: sqlite3.Connection) -> list[dict]:
+    return _with_usage(conn, _select(conn))
+
+
+def _get(conn: sqlite3.Connection, key_id: str) -> dict | None:
+    rows = _select(conn, " WHERE id = ?", (key_id,))
+    return _with_usage(conn, rows)[0] if rows else None
+
+
+def _create(conn: sqlite3.Connection, fields: dict) -> tuple[dict, str]:
+    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+    key_id = "key_" + secrets.token_hex(8)
+    now = time.time()
+    values = {name: _encode(name, fields.get(name)) for name in UPDATABLE}
+    values.update(id=key_id, sha256=hash_secret(secret), prefix=mask_secret(secret),
+                  created_at=now, updated_at=now)
+    names = list(values)
+    with transaction(conn):
+        conn.execute(f"INSERT INTO api_keys ({', '.join(names)}) "
+                     f"VALUES ({', '.join('?' * len(names))})", [values[n] for n in names])
+        bump_version(conn, "keys_version")
+    return _get(conn, key_id), secret
+
+
+def _update(conn: sqlite3.Connection, key_id: str, fields: dict) -> dict | None:
+    unknown = set(fields) - UPDATABLE
+    if unknown:
+        raise ValueError(f"cannot update {', '.join(sorted(unknown))}; "
+                         f"updatable fields: {', '.join(sorted(UPDATABLE))}")
+    sets = [f"{name} = ?" for name in fields] + ["updated_at = ?"]
+    params = [_encode(n, v) for n, v in fields.items()] + [time.time(), key_id]
+    with transaction(conn):
+        cur = conn.execute(f"UPDATE api_keys SET {', '.join(sets)} WHERE id = ?", params)
+        if cur.rowcount:
+            bump_version(conn, "keys_version")
+    return _get(conn, key_id) if cur.rowcount else None
+
+
+def _revoke(conn: sqlite3.Connection, key_id: str) -> bool:
+    with transaction(conn):
+        cur = conn.execute("DELETE FROM api_keys WHERE id = ?", (key_id,))
+        if cur.rowcount:
+            bump_version(conn, "keys_version")
+    return bool(cur.rowcount)
+
+
+def _load(conn: sqlite3.Connection) -> tuple[dict[str, int], dict[str, dict]]:
+    """Versions and {sha256: masked record} read in one snapshot."""
+    conn.execute("BEGIN")
+    try:
+        versions = read_versions(conn)
+        rows = fetch_dicts(conn, f"SELECT sha256, {_PUBLIC} FROM api_keys")
+    finally:
+        conn.execute("COMMIT")
+    return versions, {r.pop("sha256"): _decode(r) for r in rows}
+
+
+class KeyStore:
+    """Managed keys in `api_keys`, with an in-memory index by sha256 for auth."""
+
+    def __init__(self, db: Database, *, poll_interval: float = 0.5) -> None:
+        self.db = db
+        self.poll_interval = poll_interval
+        self._by_hash: dict[str, dict] = {}
+        self._versions: dict[str, int] = {}
+        self._task: asyncio.Task | None = None
+
+    # --- auth path -----------------------------------------------------------------------
+    def lookup(self, sha256_hex: str) -> dict | None:
+        """The masked record of the key with this hash, or None. Reads memory only; the caller
+        checks `disabled` and `expires_at`. Do not mutate the returned dict."""
+        return self._by_hash.get(sha256_hex)
+
+    # --- sync, for the CLI ---------------------------------------------------------------
+    def create(self, label: str | None = None, allowed_models: list[str] | None = None,
+               minute_limit: int | None = None, daily_limit: float | None = None,
+               balance: float | None = None, max_concurrent: int | None = None,
+               expires_at: float | None = None) -> tuple[dict, str]:
+        """Create a key; returns (masked record, full secret). The secret is not stored."""
+        return self.db.call(_create, dict(
+            label=label, allowed_models=allowed_models, minute_limit=minute_limit,
+            daily_limit=daily_limit, balance=balance, max_concurrent=max_concurrent,
+            expires_at=expires_at))
+
+    def list(self) -> list[dict]:
+        """Masked records, oldest first, each with `usage_today`."""
+        return self.db.call(_list)
+
+    def get(self, key_id: str) -> dict | None:
+        return self.db.call(_get, key_id)
+
+    def update(self, key_id: str, **fields: Any) -> dict | None:
+        """Change fields in UPDATABLE; returns the new masked record, None if no such key.
+        Raises ValueError for unknown fields."""
+        return self.db.call(_update, key_id, fields)
+
+    def revoke(self, key_id: str) -> bool:
+        """Delete the key; False if it did not exist."""
+        return self.db.call(_revoke, key_id)
+
+    def load(self) -> None:
+        """Fill the in-memory index now (blocking)."""
+        self._versions, self._by_hash = self.db.call(_load)
+
+    # --- async, for HTTP handlers --------------------------------------------------------
+    async def acreate(self, label: str | None = None, **fields: Any) -> tuple[dict, str]:
+        fields["label"] = label
+        unknown = set(fields) - UPDATABLE
+        if unknown:
+            raise ValueError(f"unknown key fields: {', '.join(sorted(unknown))}")
+        result = await self.db.run(_create, fields)
+        await self.reload()
+        return result
+
+    async def alist(self) -> list[dict]:
+        return await self.db.run(_list)
+
+    async def aget(self, key_id: str) -> dict | None:
+        return await self.db.run(_get, key_id)
+
+    async def aupdate(self, key_id: str, **fields: Any) -> dict | None:
+        result = await self.db.run(_update, key_id, fields)
+        await self.reload()
+        return result
+
+    async def arevoke(self, key_id: str) -> bool:
+        result = await self.db.run(_revoke, key_id)
+        await self.reload()
+        return result
+
+    async def reload(self) -> None:
+        self._versions, self._by_hash = await self.db.run(_load)
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load the index and start polling for changes made by other processes."""
+        await self.reload()
+        if self._task is None:
+            self._task = asyncio.create_task(self._poll(), name="keys-poll")
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                if await self.db.run(read_versions) != self._versions:
+                    await self.reload()
+            except Exception:
+                log.exception("keys_reload_failed")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None

@@ -1,0 +1,329 @@
+"""The token accounting ledger: one SQLite row per request, written in batches off the loop.
+
+`LedgerWriter.record(row)` appends the row dict to an in-memory list and returns; a background
+task flushes the list every `interval` seconds (0.25 by default) with one `executemany` INSERT
+in the database thread. In the same transaction managed keys (`row["managed"]` true) are
+charged: `api_keys.balance -= cost` and `last_used_at` moves forward.
+
+Durability: `close()` flushes everything, so a graceful shutdown loses nothing. A crash (kill -9,
+power loss) loses at most the rows recorded during the last flush interval, plus the last
+committed transactions that `synchronous=NORMAL` in WAL mode had not yet synced to disk on a
+power loss. A failed flush (e.g. the disk is full) keeps its rows in memory and retries; beyond
+`max_pending` rows the oldest are dropped and logged.
+
+Row dict keys (all optional except as noted; unknown keys are ignored):
+    created_at (unix s; defaults to the time of record()), request_id, key_id, key_label,
+    model, preset, provider, upstream_model, endpoint, status (int), error_type,
+    stream, cache_hit, partial (bools), prompt_tokens, completion_tokens, cached_tokens,
+    cache_write_tokens, reasoning_tokens, attempts (ints), cost (USD), latency_ms,
+    ttft_ms (None if no token came), managed (bool: key_id is a managed key to charge).
+The ledger owns the dict after record(); do not mutate it afterwards. Rows recorded after
+close() wait for the next flush() or close().
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import structlog
+
+from proxy.store.db import (LEDGER_COLUMNS, Database, bump_version, connect, fetch_dicts,
+                            transaction)
+
+log = structlog.get_logger(__name__)
+
+GROUPS = ("day", "model", "key")
+_BOOL_COLUMNS = ("stream", "cache_hit", "partial")
+_COST = LEDGER_COLUMNS.index("cost")
+_INSERT = (f"INSERT INTO ledger ({', '.join(LEDGER_COLUMNS)}) "
+           f"VALUES ({', '.join('?' * len(LEDGER_COLUMNS))})")
+
+
+def _int0(v: Any) -> int:
+    return int(v) if v else 0
+
+
+def _float0(v: Any) -> float:
+    return float(v) if v else 0.0
+
+
+def _int(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
+def _float(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def _text(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+_CONVERT: dict[str, Callable[[Any], Any]] = {c: _text for c in LEDGER_COLUMNS}
+_CONVERT.update({c: _int0 for c in ("stream", "cache_hit", "partial", "prompt_tokens",
+                                    "completion_tokens", "cached_tokens", "cache_write_tokens",
+                                    "reasoning_tokens", "attempts")})
+_CONVERT.update(created_at=float, status=_int, cost=_float0, latency_ms=_float, ttft_ms=_float)
+_CONVERTERS = tuple(_CONVERT[c] for c in LEDGER_COLUMNS)
+
+
+def _values(row: dict) -> tuple:
+    get = row.get
+    return tuple(conv(get(col)) for col, conv in zip(LEDGER_COLUMNS, _CONVERTERS))
+
+
+def write_batch(conn: sqlite3.Connection, rows: list[dict]) -> None:
+    """Insert the rows and charge managed keys, in one transaction (database thread).
+    A row whose values cannot be converted is logged and skipped, so it cannot block the rest."""
+    values: list[tuple] = []
+    charges: dict[str, list[float]] = {}
+    for row in rows:
+        try:
+            v = _values(row)
+        except (TypeError, ValueError) as exc:
+            log.error("ledger_row_invalid", error=repr(exc), request_id=row.get("request_id"))
+            continue
+        values.append(v)
+        key_id = row.get("key_id")
+        if key_id and row.get("managed"):
+            c = charges.setdefault(key_id, [0.0, 0.0])
+            c[0] += v[_COST]
+            c[1] = max(c[1], v[0])
+    with transaction(conn):
+        conn.executemany(_INSERT, values)
+        if not charges:
+            return
+        conn.executemany(
+            "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?",
+            [(at, key_id) for key_id, (_, at) in charges.items()])
+        cur = conn.executemany(
+            "UPDATE api_keys SET balance = balance - ? WHERE id = ? AND balance IS NOT NULL",
+            [(cost, key_id) for key_id, (cost, _) in charges.items() if cost])
+        if cur.rowcount > 0:
+            bump_version(conn, "balance_version")
+
+
+def utc_day_start(now: float | None = None) -> float:
+    now = time.time() if now is None else now
+    return now - now % 86400
+
+
+def _where(key_id: str | None, since: float | None, until: float | None) -> tuple[str, list]:
+    clauses, params = [], []
+    if key_id is not None:
+        clauses.append("key_id = ?")
+        params.append(key_id)
+    if since is not None:
+        clauses.append("created_at >= ?")
+        params.append(since)
+    if until is not None:
+        clauses.append("created_at < ?")
+        params.append(until)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _bools(rows: list[dict]) -> list[dict]:
+    for r in rows:
+        for c in _BOOL_COLUMNS:
+            r[c] = bool(r[c])
+    return rows
+
+
+def query_activity(conn: sqlite3.Connection, key_id: str | None, limit: int, offset: int,
+                   since: float | None, until: float | None = None) -> list[dict]:
+    where, params = _where(key_id, since, until)
+    sql = (f"SELECT id, {', '.join(LEDGER_COLUMNS)} FROM ledger{where} "
+           "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?")
+    return _bools(fetch_dicts(conn, sql, [*params, limit, offset]))
+
+
+_GROUP_SQL = {
+    "day": ("strftime('%Y-%m-%d', created_at, 'unixepoch') AS day", "day ASC"),
+    "model": ("coalesce(model, '') AS model", "cost DESC, model ASC"),
+    "key": ("key_id, max(key_label) AS key_label", "cost DESC, key_id ASC"),
+}
+_AGGREGATES = """count(*) AS requests,
+    coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
+    coalesce(sum(completion_tokens), 0) AS completion_tokens,
+    coalesce(sum(cached_tokens), 0) AS cached_tokens,
+    coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens,
+    coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
+    coalesce(sum(cost), 0.0) AS cost,
+    coalesce(sum(cache_hit), 0) AS cache_hits,
+    coalesce(sum(CASE WHEN status >= 400 OR error_type IS NOT NULL THEN 1 ELSE 0 END), 0)
+        AS errors"""
+
+
+def query_analytics(conn: sqlite3.Connection, key_id: str | None, group_by: str,
+                    since: float | None, until: float | None) -> list[dict]:
+    if group_by not in _GROUP_SQL:
+        raise ValueError(f"group_by must be one of {', '.join(GROUPS)}, not {group_by!r}")
+    select, order = _GROUP_SQL[group_by]
+    where, params = _where(key_id, since, until)
+    sql = f"SELECT {select}, {_AGGREGATES} FROM ledger{where} GROUP BY 1 ORDER BY {order}"
+    return fetch_dicts(conn, sql, params)
+
+
+def query_spend(conn: sqlite3.Connection, key_id: str | None, since: float | None) -> float:
+    where, params = _where(key_id, since, None)
+    return conn.execute(f"SELECT coalesce(sum(cost), 0.0) FROM ledger{where}", params).fetchone()[0]
+
+
+def query_balance(conn: sqlite3.Connection, key_id: str | None, now: float | None) -> dict:
+    where, params = _where(key_id, None, None)
+    requests, total = conn.execute(
+        f"SELECT count(*), coalesce(sum(cost), 0.0) FROM ledger{where}", params).fetchone()
+    balance = None
+    if key_id is not None:
+        found = conn.execute("SELECT balance FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        balance = found[0] if found else None
+    return {"key_id": key_id, "balance": balance, "total_spent": total,
+            "spent_today": query_spend(conn, key_id, utc_day_start(now)), "requests": requests}
+
+
+class LedgerWriter:
+    """Batched, non-blocking ledger writes plus the read queries of the account API.
+
+    Usage: `await start()` once, `record(row)` per request, `await close()` at shutdown.
+    Read helpers flush pending rows first, so a caller reads its own writes.
+    """
+
+    def __init__(self, db: Database, *, interval: float = 0.25,
+                 max_pending: int = 100_000) -> None:
+        self.db = db
+        self.interval = interval
+        self.max_pending = max_pending
+        self._pending: list[dict] = []
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task | None = None
+        self._inflight: asyncio.Future | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def record(self, row: dict) -> None:
+        """Queue one ledger row. O(1); never blocks, never raises for a well-formed dict."""
+        if "created_at" not in row:
+            row["created_at"] = time.time()
+        self._pending.append(row)
+
+    async def start(self) -> None:
+        await self.db.open()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="ledger-flush")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            if self._pending:
+                try:
+                    await self.flush()
+                except Exception:
+                    continue  # logged and requeued by _requeue_on_failure
+
+    async def flush(self) -> None:
+        """Write every queued row now. On failure the rows stay queued and the error is raised.
+        Cancelling the caller does not cancel the write: it finishes in the database thread."""
+        async with self._lock:
+            if not self._pending:
+                return
+            batch, self._pending = self._pending, []
+            write = asyncio.ensure_future(self.db.run(write_batch, batch))
+            write.add_done_callback(functools.partial(self._requeue_on_failure, batch))
+            self._inflight = write
+            await asyncio.shield(write)
+
+    def _requeue_on_failure(self, batch: list[dict], write: asyncio.Future) -> None:
+        exc = write.exception() if not write.cancelled() else asyncio.CancelledError()
+        if exc is None:
+            return
+        log.error("ledger_flush_failed", rows=len(batch), error=repr(exc))
+        self._pending[:0] = batch
+        excess = len(self._pending) - self.max_pending
+        if excess > 0:
+            del self._pending[:excess]
+            log.error("ledger_rows_dropped", rows=excess)
+
+    async def close(self) -> None:
+        """Stop the flush task and write what is left. Idempotent."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._inflight is not None:
+            await asyncio.wait([self._inflight])
+            self._inflight = None
+        try:
+            await self.flush()
+        except Exception:
+            log.error("ledger_rows_lost", rows=len(self._pending))
+
+    async def activity(self, key_id: str | None = None, limit: int = 50, offset: int = 0,
+                       since: float | None = None, until: float | None = None) -> list[dict]:
+        """Ledger rows, newest first (all columns plus `id`; stream/cache_hit/partial as bool)."""
+        await self.flush()
+        return await self.db.run(query_activity, key_id, limit, offset, since, until)
+
+    async def analytics(self, key_id: str | None = None, group_by: str = "day",
+                        since: float | None = None, until: float | None = None) -> list[dict]:
+        """Aggregates per `day` ("YYYY-MM-DD" UTC), `model` or `key` (key_id, key_label):
+        requests, prompt/completion/cached/cache_write/reasoning _tokens, cost, cache_hits,
+        errors (status >= 400 or an error_type)."""
+        if group_by not in GROUPS:
+            raise ValueError(f"group_by must be one of {', '.join(GROUPS)}, not {group_by!r}")
+        await self.flush()
+        return await self.db.run(query_analytics, key_id, group_by, since, until)
+
+    async def balance(self, key_id: str | None = None, now: float | None = None) -> dict:
+        """{key_id, balance (managed key's remaining USD, None if unlimited/static/all keys),
+        total_spent, spent_today, requests}."""
+        await self.flush()
+        return await self.db.run(query_balance, key_id, now)
+
+    async def spend_today(self, key_id: str | None, now: float | None = None) -> float:
+        """USD recorded for the key since 00:00 UTC (None: all keys)."""
+        await self.flush()
+        return await self.db.run(query_spend, key_id, utc_day_start(now))
+
+
+def usage_report(db_path: str | Path, by: str = "model", since: float | None = None,
+                 until: float | None = None, key_id: str | None = None) -> list[dict]:
+    """`analytics` for the CLI: opens its own connection, blocking."""
+    conn = connect(db_path)
+    try:
+        return query_analytics(conn, key_id, by, since, until)
+    finally:
+        conn.close()
+
+
+_REPORT_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens",
+                   "reasoning_tokens", "cost", "cache_hits", "errors")
+
+
+def format_usage_table(rows: list[dict], by: str = "model") -> str:
+    """Plain-text table of `usage_report` rows, with a total line."""
+    first = {"day": "day", "model": "model", "key": "key_id"}[by]
+    header = (first, *_REPORT_COLUMNS)
+    totals = {c: sum(r[c] for r in rows) for c in _REPORT_COLUMNS}
+
+    def cells(name: Any, r: dict) -> list[str]:
+        return [str(name)] + [f"{r[c]:.6f}" if c == "cost" else str(r[c])
+                              for c in _REPORT_COLUMNS]
+
+    body = [cells(r[first] if r[first] is not None else "-", r) for r in rows]
+    body.append(cells("TOTAL", totals))
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w)
+                       for i, (h, w) in enumerate(zip(header, widths)))]
+    for b in body:
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(b, widths))))
+    return "\n".join(lines)
