@@ -1,0 +1,130 @@
+"""`modelway keys ...` and `modelway usage ...`: the key store and the ledger from the shell.
+They open the same SQLite file as the running gateway (WAL: safe while it serves)."""
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+import sys
+
+import orjson
+
+
+def _data_dir(args) -> str:
+    from proxy.cli import _load_or_exit
+    return os.path.abspath(_load_or_exit(args.config).server.data_dir)
+
+
+def _store(args):
+    from proxy.store.db import Database
+    from proxy.store.keys import KeyStore
+    os.makedirs(_data_dir(args), exist_ok=True)
+    return KeyStore(Database(_data_dir(args)))
+
+
+def _fields(args) -> dict:
+    from proxy.account import parse_time
+    out = {}
+    for name in ("label", "minute_limit", "daily_limit", "balance", "max_concurrent"):
+        value = getattr(args, name, None)
+        if value is not None:
+            out[name] = value
+    if getattr(args, "allowed_models", None) is not None:
+        out["allowed_models"] = [m for m in args.allowed_models.split(",") if m] or None
+    if getattr(args, "expires_at", None):
+        out["expires_at"] = parse_time(args.expires_at, "expires_at")
+    return out
+
+
+def _print(data) -> None:
+    print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+
+
+def cmd_keys(args) -> int:
+    if args.keys_command == "hash":
+        secret = args.secret if args.secret is not None else (
+            sys.stdin.readline().strip() if not sys.stdin.isatty() else getpass.getpass("key: "))
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        print(f'- {{label: {args.label or "my-key"}, sha256: "{digest}"}}')
+        return 0
+    store = _store(args)
+    try:
+        if args.keys_command == "create":
+            record, secret = store.create(**_fields(args))
+            _print({**record, "key": secret})
+            print("Store this key now: it is not shown again.", file=sys.stderr)
+        elif args.keys_command == "list":
+            rows = store.list()
+            for r in rows:
+                print(f"{r['id']:<22} {str(r.get('label')):<20} {r.get('prefix'):<16} "
+                      f"usage_today={r.get('usage_today', 0):.6f} balance={r.get('balance')} "
+                      f"disabled={bool(r.get('disabled'))}")
+            if not rows:
+                print("no managed keys")
+        elif args.keys_command == "update":
+            record = store.update(args.id, **_fields(args),
+                                  **({"disabled": args.disable} if args.disable is not None else {}))
+            if record is None:
+                print(f"no key {args.id}", file=sys.stderr)
+                return 1
+            _print(record)
+        elif args.keys_command == "revoke":
+            if not store.revoke(args.id):
+                print(f"no key {args.id}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.id}")
+    finally:
+        store.db.close()
+    return 0
+
+
+def cmd_usage(args) -> int:
+    from proxy.account import parse_time
+    from proxy.store.db import db_path
+    from proxy.store.ledger import format_usage_table, usage_report
+    path = db_path(_data_dir(args))
+    if not os.path.exists(path):
+        print("no ledger yet (no request has been served with this data_dir)")
+        return 0
+    rows = usage_report(path, by=args.by, since=parse_time(args.since, "since"),
+                        until=parse_time(args.until, "until"), key_id=args.key)
+    if args.format == "json":
+        _print(rows)
+    else:
+        print(format_usage_table(rows, args.by))
+    return 0
+
+
+def add_store_commands(sub, with_config) -> None:
+    k = with_config(sub.add_parser("keys", help="manage API keys"))
+    ks = k.add_subparsers(dest="keys_command", required=True)
+
+    def limits(p):
+        p.add_argument("--label")
+        p.add_argument("--allowed-models", help="comma-separated names or globs")
+        p.add_argument("--minute-limit", type=int)
+        p.add_argument("--daily-limit", type=float)
+        p.add_argument("--balance", type=float)
+        p.add_argument("--max-concurrent", type=int)
+        p.add_argument("--expires-at", help="unix seconds, ISO date, or a span like 30d")
+        return p
+
+    limits(ks.add_parser("create", help="create a managed key (shown once)"))
+    ks.add_parser("list", help="list managed keys (masked)")
+    u = limits(ks.add_parser("update", help="change a managed key"))
+    u.add_argument("id")
+    u.add_argument("--disable", action="store_true", default=None)
+    u.add_argument("--enable", dest="disable", action="store_false")
+    r = ks.add_parser("revoke", help="delete a managed key")
+    r.add_argument("id")
+    h = ks.add_parser("hash", help="print the routes.yaml line for a key (reads the key from stdin)")
+    h.add_argument("secret", nargs="?")
+    h.add_argument("--label")
+    k.set_defaults(func=cmd_keys)
+    us = with_config(sub.add_parser("usage", help="spend and tokens from the ledger"))
+    us.add_argument("--by", choices=("key", "model", "day"), default="model")
+    us.add_argument("--since", help="unix seconds, ISO date, or a span like 7d (default: all)")
+    us.add_argument("--until")
+    us.add_argument("--key", help="only this key id")
+    us.add_argument("--format", choices=("table", "json"), default="table")
+    us.set_defaults(func=cmd_usage)
