@@ -33,7 +33,8 @@ def cmd_serve(args) -> int:
     if workers > 1:
         from proxy.supervisor import supervise
         argv = ["serve", "--config", args.config, "--host", host, "--port", str(port), "--log-level", args.log_level]
-        return supervise(argv, workers, host, port, config.server.drain_seconds)
+        return supervise(argv, workers, host, port, config.server.drain_seconds,
+                         os.path.abspath(config.server.data_dir))
     from proxy.server import run_worker
     run_worker(config, os.path.abspath(args.config), host, port, reuse_port=args.reuse_port,
                notify=not args.no_notify)

@@ -14,6 +14,7 @@ from proxy.yamlsrc import Path, Problem, Source, interpolate
 CAPABILITIES = ("vision", "tools", "structured_outputs", "reasoning", "prompt_caching", "pdf", "audio")
 BUILTIN_MIDDLEWARES = ("access_log", "auth", "ratelimit", "presets", "cache", "accounting")
 DEFAULT_MIDDLEWARES = ("access_log", "auth", "ratelimit", "presets", "cache", "accounting")
+RETRY_ON = (429, 500, 502, 503, 504, 529)   # upstream statuses retried (then the next target)
 
 
 class ConfigError(Exception):
@@ -107,7 +108,7 @@ class ModelRoute:
     cache: bool | None = None            # None: follow the global cache setting
     max_tokens_default: int | None = None
     retries: int = 2
-    retry_on: tuple[int, ...] = (429, 500, 502, 503, 504, 529)
+    retry_on: tuple[int, ...] = RETRY_ON
     cooldown_seconds: float = 30.0
     owned_by: str | None = None
 
@@ -193,7 +194,8 @@ class _Reader:
         if value is None and nullable:
             return True
         if not _CHECK[kind](value):
-            self.problem(path, f"must be a {kind}, got {type(value).__name__} {value!r}")
+            article = "an" if kind[0] in "aeiou" else "a"
+            self.problem(path, f"must be {article} {kind}, got {type(value).__name__} {value!r}")
             return False
         return True
 
@@ -243,5 +245,5 @@ def parse_config(text: str, filename: str = "routes.yaml", env: Mapping[str, str
     r = _Reader(src, os.environ if env is None else env)
     cfg = configparts.build(r, src.data, filename, hashlib.sha256(text.encode()).hexdigest()[:12])
     if src.problems:
-        raise ConfigError(filename, src.problems)
+        raise ConfigError(filename, sorted(src.problems, key=lambda p: p.line or 0))
     return cfg

@@ -6,7 +6,7 @@ import re
 from types import MappingProxyType
 
 from proxy.config import (BOOL, BUILTIN_MIDDLEWARES, CAPABILITIES, DEFAULT_MIDDLEWARES, INT, LIST,
-                          MAP, NUM, STR, CacheConfig, Config, MiddlewareSpec, ModelRoute, Pricing,
+                          MAP, NUM, RETRY_ON, STR, CacheConfig, Config, MiddlewareSpec, ModelRoute, Pricing,
                           Preset, ProviderConfig, ServerConfig, StaticKey, Target, Timeouts, _Reader)
 from proxy.yamlsrc import interpolate
 
@@ -41,7 +41,8 @@ def build(r: _Reader, data, filename: str, version: str) -> Config:
     top = r.fields(data, (), TOP) or {}
     warnings: list[str] = []
     providers = _providers(r, top["providers"] or {}, warnings)
-    models = _models(r, top["models"] or {}, providers)
+    declared = set(top["providers"] or {})   # a provider with its own problem is not also "unknown"
+    models = _models(r, top["models"] or {}, providers, declared)
     return Config(
         path=filename, version=version,
         server=ServerConfig(**(r.fields(top["server"] or {}, ("server",), SERVER) or {})),
@@ -134,7 +135,7 @@ def _provider_options(r: _Reader, ptype: str, value: dict, path) -> dict:
     return r.fields(value, path, spec) or {}
 
 
-def _models(r: _Reader, value: dict, providers: dict) -> dict[str, ModelRoute]:
+def _models(r: _Reader, value: dict, providers: dict, declared: set) -> dict[str, ModelRoute]:
     out = {}
     for name, spec in value.items():
         path = ("models", name)
@@ -150,6 +151,8 @@ def _models(r: _Reader, value: dict, providers: dict) -> dict[str, ModelRoute]:
             if not tf or tf["provider"] is None:
                 continue
             if tf["provider"] not in providers:
+                if tf["provider"] in declared:
+                    continue
                 close = difflib.get_close_matches(tf["provider"], list(providers), n=1)
                 r.problem(path + ("targets", i, "provider"), f"unknown provider {tf['provider']!r}"
                           + (f" (did you mean {close[0]!r}?)" if close else ""))
@@ -165,7 +168,9 @@ def _models(r: _Reader, value: dict, providers: dict) -> dict[str, ModelRoute]:
                 r.problem(path + ("capabilities", ck), f"unknown capability {ck!r}; known: {', '.join(CAPABILITIES)}")
             elif r.check(cv, BOOL, path + ("capabilities", ck)):
                 caps[ck] = cv
-        retry_on = tuple(f["retry_on"]) if f["retry_on"] is not None else ModelRoute.retry_on
+        retry_on = RETRY_ON   # (ModelRoute.retry_on is a slot descriptor, not the default)
+        if f["retry_on"] is not None:
+            retry_on = tuple(s for j, s in enumerate(f["retry_on"]) if r.check(s, INT, path + ("retry_on", j)))
         pricing = Pricing(**(r.fields(f["pricing"] or {}, path + ("pricing",), PRICING) or {}))
         out[name] = ModelRoute(name=name, targets=tuple(targets), strategy=f["strategy"], pricing=pricing,
                                context_length=f["context_length"], capabilities=MappingProxyType(caps),

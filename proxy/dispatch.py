@@ -54,46 +54,81 @@ def is_retryable(err: GatewayError, route) -> bool:
     return (status is not None and status in route.retry_on) or err.code in RETRYABLE_CODES
 
 
+def candidate_matches(ctx: RequestContext):
+    """The requested model, then OpenRouter-style `models: [...]` fallbacks, resolved only
+    when reached (each checked against the key's allowed models)."""
+    first = resolve_route(ctx)
+    extra = ctx.body.get("models") if ctx.body else None
+    if extra is not None and (not isinstance(extra, list) or not all(isinstance(m, str) and m for m in extra)):
+        raise InvalidRequest("'models' must be a list of model names.", param="models")
+    yield first
+    if not extra:
+        return
+    seen = [first.route]
+    for i, name in enumerate(extra):
+        match = resolve(name, ctx.state.table)
+        if ctx.key is not None and not ctx.key.allows(match.public_model):
+            raise PermissionDenied(f"This API key may not use the model '{match.public_model}'.",
+                                   param=f"models[{i}]", code="model_not_allowed")
+        if all(r is not match.route for r in seen):
+            seen.append(match.route)
+            yield match
+
+
 async def dispatch(ctx: RequestContext):
-    """Terminal handler for chat completions and embeddings."""
-    match = resolve_route(ctx)
-    route = match.route
+    """Terminal handler for chat completions, messages and embeddings: the one retry loop."""
     state = ctx.state
     health = state.health
     last: GatewayError | None = None
-    targets = ordered_targets(route)
-    for i, target in enumerate(targets):
-        provider = state.providers.get(target.provider)
-        reason = state.disabled.get(target.provider)
-        if reason:
-            last = Unavailable(f"Model '{match.public_model}' is unavailable: provider "
-                               f"'{target.provider}' is disabled ({reason}).", param="model",
-                               code="provider_not_configured")
-            continue
-        if health.cooling(target) and i < len(targets) - 1:
-            last = last or Unavailable(f"All targets of '{match.public_model}' are cooling down.")
-            continue
-        ctx.target, ctx.provider = target, target.provider
-        ctx.upstream_model = match.upstream_model(target)
-        body = upstream_body(ctx, match, target)
-        for attempt in range(route.retries + 1):
-            ctx.attempts += 1
-            try:
-                reply = await _call(ctx, provider, body)
-                health.success(target)
+    for match in candidate_matches(ctx):
+        route = match.route
+        targets = ordered_targets(route)
+        for i, target in enumerate(targets):
+            reason = state.disabled.get(target.provider)
+            if reason:
+                last = last or Unavailable(f"Model '{match.public_model}' is unavailable: provider "
+                                           f"'{target.provider}' is disabled ({reason}).", param="model",
+                                           code="provider_not_configured")
+                continue
+            if health.cooling(target):
+                last = last or Unavailable(f"All targets of '{match.public_model}' are cooling down.",
+                                           code="all_targets_cooling_down",
+                                           headers={"Retry-After": str(max(1, int(health.remaining(target))))})
+                continue
+            ctx.match, ctx.target, ctx.provider = match, target, target.provider
+            ctx.upstream_model = match.upstream_model(target)
+            body = upstream_body(ctx, match, target)
+            for attempt in range(route.retries + 1):
+                ctx.attempts += 1
+                try:
+                    reply = await _call(ctx, state.providers[target.provider], body)
+                except GatewayError as err:
+                    if not is_retryable(err, route):
+                        raise
+                    last = err
+                    _failed(ctx, target, route, err)
+                    if attempt < route.retries and not health.cooling(target):
+                        await asyncio.sleep(backoff(attempt, err))
+                        continue
+                    break
+                if health.success(target):
+                    _gauge(ctx, target, 0)
                 return reply
-            except GatewayError as err:
-                if not is_retryable(err, route):
-                    raise
-                health.failure(target, route.cooldown_seconds)
-                last = err
-                if attempt < route.retries and not health.cooling(target):
-                    await asyncio.sleep(backoff(attempt, err))
-                    continue
-                break
     if last is None:
-        raise Unavailable(f"Model '{match.public_model}' has no usable target.")
+        raise Unavailable(f"Model '{ctx.model}' has no usable target.")
     raise last
+
+
+def _failed(ctx: RequestContext, target, route, err: GatewayError) -> None:
+    ctx.gateway.metrics.inc("modelway_upstream_errors_total", (target.provider, err.code))
+    if ctx.state.health.failure(target, route.cooldown_seconds):
+        _gauge(ctx, target, 1)
+
+
+def _gauge(ctx: RequestContext, target, value: int) -> None:
+    ctx.gateway.metrics.set_gauge("modelway_target_cooldown",
+                                  {"provider": target.provider, "model": ctx.upstream_model or ""},
+                                  value, "1 while a target is skipped after repeated failures.")
 
 
 async def _call(ctx: RequestContext, provider, body: dict):

@@ -19,18 +19,28 @@ class Health:
         until = self._until.get(self._key(target))
         return until is not None and time.monotonic() < until
 
-    def failure(self, target, cooldown: float) -> None:
+    def remaining(self, target) -> float:
+        until = self._until.get(self._key(target))
+        return max(0.0, until - time.monotonic()) if until else 0.0
+
+    def failure(self, target, cooldown: float) -> bool:
+        """Count a failure; True when the target starts cooling down."""
         key = self._key(target)
         n = self._failures.get(key, 0) + 1
         self._failures[key] = n
         if n >= FAILURES_BEFORE_COOLDOWN:
             self._until[key] = time.monotonic() + cooldown
+            self._failures[key] = 0     # after the cooldown one probe decides
+            return True
+        return False
 
-    def success(self, target) -> None:
+    def success(self, target) -> bool:
+        """Forget failures; True when the target had been cooling down."""
         key = (target.provider, target.model)
-        if key in self._failures:
-            del self._failures[key]
-            self._until.pop(key, None)
+        if key in self._failures or key in self._until:
+            self._failures.pop(key, None)
+            return self._until.pop(key, None) is not None
+        return False
 
     def snapshot(self) -> dict[tuple, float]:
         """Seconds of cooldown left per (provider, model), for `modelway routes` and /metrics."""

@@ -33,6 +33,12 @@ def sd_notify(message: str) -> None:
 
 async def serve(config: Config, config_path: str | None, host: str, port: int, reuse_port: bool = False,
                 notify: bool = True) -> None:
+    if not reuse_port:   # the only process: in-flight counts left by a crash are stale
+        from proxy.store.counters import SharedCounters
+        os.makedirs(config.server.data_dir, exist_ok=True)
+        counters = SharedCounters.in_dir(config.server.data_dir)
+        counters.reset_concurrency()
+        counters.close()
     gateway = Gateway(config, config_path)
     app = create_app(gateway)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,

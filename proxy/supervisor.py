@@ -27,7 +27,13 @@ def _wait_listening(host: str, port: int, timeout: float = 30.0) -> bool:
     return False
 
 
-def supervise(argv: list[str], workers: int, host: str, port: int, drain_seconds: float) -> int:
+def supervise(argv: list[str], workers: int, host: str, port: int, drain_seconds: float,
+              data_dir: str) -> int:
+    from proxy.store.counters import SharedCounters
+    os.makedirs(data_dir, exist_ok=True)
+    counters = SharedCounters.in_dir(data_dir)
+    counters.reset_concurrency()     # in-flight counts left by workers that crashed earlier
+    counters.close()
     cmd = [sys.executable, "-m", "proxy.cli", *argv, "--workers", "1", "--reuse-port", "--no-notify"]
     children: dict[int, subprocess.Popen] = {}
     stopping = False
