@@ -53,7 +53,27 @@ async def read_json(request: web.Request, ctx: RequestContext) -> dict:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    limit = server.max_json_depth
+    if raw.count(b"{") + raw.count(b"[") > limit and json_depth(body, limit) > limit:
+        raise InvalidRequest(f"The request body nests deeper than {limit} levels.", code="json_too_deep")
     return body
+
+
+def json_depth(value, limit: int) -> int:
+    """Nesting depth of a parsed JSON value, giving up (returning limit + 1) past the limit."""
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        if depth > limit:
+            return depth
+        nxt = []
+        for v in level:
+            if isinstance(v, dict):
+                nxt.extend(x for x in v.values() if isinstance(x, (dict, list)))
+            elif isinstance(v, list):
+                nxt.extend(x for x in v if isinstance(x, (dict, list)))
+        level = nxt
+    return depth
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
