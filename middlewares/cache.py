@@ -39,10 +39,11 @@ class Cache(Middleware):
         config = ctx.state.config.cache
         route = resolve_route(ctx).route
         enabled = config.enabled if route.cache is None else route.cache
+        if not enabled:
+            return await call_next(ctx)
         control = _controls(ctx)
-        if not enabled or control["no-store"]:
-            if enabled:
-                ctx.cache_status = ctx.response_headers["x-cache"] = "BYPASS"
+        if control["no-store"]:
+            ctx.cache_status = ctx.response_headers["x-cache"] = "BYPASS"
             return await call_next(ctx)
         store = self.gateway.response_cache
         key = cache_key(ctx, self.shared if self.shared is not None else config.shared)

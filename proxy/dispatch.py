@@ -10,6 +10,7 @@ import asyncio
 import random
 from typing import AsyncIterator
 
+from proxy import capabilities
 from proxy.context import RequestContext, RouteMatch, StreamReply
 from proxy.errors import GatewayError, InvalidRequest, PermissionDenied, ProviderError, Unavailable
 from proxy.routing import resolve
@@ -98,6 +99,8 @@ async def dispatch(ctx: RequestContext):
             ctx.match, ctx.target, ctx.provider = match, target, target.provider
             ctx.upstream_model = match.upstream_model(target)
             body = upstream_body(ctx, match, target)
+            if ctx.endpoint != "embeddings":
+                capabilities.check(body, state.capabilities(route, target), match.public_model)
             for attempt in range(route.retries + 1):
                 ctx.attempts += 1
                 try:

@@ -29,6 +29,17 @@ class State:
     health: Health = field(default_factory=Health)
     loaded_at: float = field(default_factory=time.time)
     inflight: int = 0
+    _caps: dict = field(default_factory=dict)
+
+    def capabilities(self, route, target) -> dict[str, bool]:
+        """The route's capabilities over its target provider type's defaults (memoised)."""
+        key = (route.name, target.provider)
+        caps = self._caps.get(key)
+        if caps is None:
+            from proxy.capabilities import effective
+            ptype = self.config.providers[target.provider].type
+            caps = self._caps[key] = effective(route, provider_class(ptype).default_capabilities)
+        return caps
 
 
 class Gateway:

@@ -9,16 +9,10 @@ CREATED = 1735689600  # 2025-01-01: a stable `created` for configured routes
 
 
 def capabilities(state, route) -> dict[str, bool]:
-    """The route's explicit capabilities over its first provider's defaults."""
-    caps: dict[str, bool] = {}
-    if route.targets:
-        pc = state.config.providers.get(route.targets[0].provider)
-        if pc is not None:
-            from proxy.providers import provider_class
-            caps.update(provider_class(pc.type).default_capabilities)
-    caps.update(route.capabilities)
-    return {k: caps.get(k, False) for k in ("vision", "tools", "structured_outputs", "reasoning",
-                                            "prompt_caching", "pdf", "audio")}
+    """The route's explicit capabilities over its first target's provider defaults."""
+    if not route.targets:
+        return dict(route.capabilities)
+    return state.capabilities(route, route.targets[0])
 
 
 def model_entry(state, route, model_id: str) -> dict:
