@@ -32,7 +32,8 @@ def convert_messages(messages: Any, caps: Mapping[str, bool]) -> tuple[list[Bloc
         path = f"messages[{i}]"
         if not isinstance(msg, dict):
             raise InvalidRequest("each message must be an object", param=path)
-        handler = _ROLES.get(msg.get("role"))  # type: ignore[arg-type]
+        role = msg.get("role")
+        handler = _ROLES.get(role) if isinstance(role, str) else None
         if handler is None:
             raise InvalidRequest(f"unsupported role {msg.get('role')!r}", param=f"{path}.role")
         role, blocks = handler(msg, path, caps)
@@ -197,9 +198,9 @@ def _parts(content: Any, path: str, caps: Mapping[str, bool]) -> list[Block]:
         raise InvalidRequest("message content must be a string or an array of parts", param=path)
     blocks = []
     for j, part in enumerate(content):
-        convert = _PARTS.get(part.get("type")) if isinstance(part, dict) else None
+        kind = part.get("type") if isinstance(part, dict) else None
+        convert = _PARTS.get(kind) if isinstance(kind, str) else None
         if convert is None:
-            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
             raise InvalidRequest(f"unsupported content part type {kind!r}", param=f"{path}[{j}]")
         block = convert(part, f"{path}[{j}]", caps)
         if block is not None:

@@ -124,7 +124,8 @@ def _reject_unsupported(body: dict[str, Any]) -> None:
     if body.get("functions") is not None or body.get("function_call") is not None:
         raise InvalidRequest("legacy `functions`/`function_call` are not supported", param="functions",
                              tip="send `tools` and `tool_choice` instead")
-    if body.get("audio") is not None or "audio" in (body.get("modalities") or ()):
+    modalities = body.get("modalities")
+    if body.get("audio") is not None or (isinstance(modalities, list) and "audio" in modalities):
         raise InvalidRequest("Claude models cannot produce audio", param="modalities")
 
 
@@ -209,8 +210,9 @@ def _tool_choice(body: dict[str, Any], tools: list[Block]) -> Block | None:
         return None
     simple = {None: "auto", "auto": "auto", "required": "any", "none": "none"}
     if isinstance(choice, dict) and choice.get("type") == "function":
-        name = (choice.get("function") or {}).get("name")
-        if name not in {t["name"] for t in tools}:
+        fn = choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if not isinstance(name, str) or name not in {t["name"] for t in tools}:
             raise InvalidRequest(f"tool_choice names an unknown function {name!r}", param="tool_choice")
         out: Block = {"type": "tool", "name": name}
     elif isinstance(choice, (str, type(None))) and choice in simple:
@@ -245,7 +247,7 @@ def _requested_budget(body: dict[str, Any], opts: Options) -> tuple[int | None, 
         effort, param = opts.reasoning_effort, "model"
     if effort is None or effort == "none":
         return None, param
-    if effort not in EFFORT_BUDGETS:
+    if not isinstance(effort, str) or effort not in EFFORT_BUDGETS:
         raise InvalidRequest("reasoning_effort must be one of none, minimal, low, medium, high, xhigh", param=param)
     return EFFORT_BUDGETS[effort], param
 

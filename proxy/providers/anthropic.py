@@ -214,5 +214,10 @@ def _feed(translator: StreamTranslator, event: SSEEvent) -> list[dict]:
     except orjson.JSONDecodeError as exc:
         raise ProviderError("anthropic stream sent an event that is not JSON",
                             code="upstream_bad_response") from exc
-    kind = data.get("type") if isinstance(data, dict) else None
-    return translator.feed(kind or event.event or "", data if isinstance(data, dict) else {})
+    if not isinstance(data, dict):
+        raise ProviderError("anthropic stream sent an event that is not an object", code="upstream_bad_response")
+    try:
+        return translator.feed(data.get("type") or event.event or "", data)
+    except (AttributeError, KeyError, TypeError) as exc:     # a malformed event never ends a stream silently
+        raise ProviderError(f"anthropic stream sent a malformed {data.get('type')!r} event",
+                            code="upstream_bad_response") from exc
