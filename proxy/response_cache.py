@@ -1,44 +1,113 @@
-"""The response cache store: diskcache on disk, every call in a worker thread."""
+"""The response cache store: diskcache on disk, off the event loop, and off the hot path.
+
+Reads: each process keeps the set of keys it knows are stored (loaded at start, then the rows
+other workers added, read every `poll_seconds` from diskcache's table in a thread), so a miss
+costs a set lookup — no thread hop, no SQLite query. A known key is fetched in a thread.
+Another worker's fresh entry becomes visible within `poll_seconds`.
+
+Writes: batched; every `flush_seconds` one thread job writes the pending entries in one
+transaction. Until then they are served from memory (read-your-writes).
+"""
 from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
 import diskcache
+import structlog
+
+log = structlog.get_logger(__name__)
 
 
 class ResponseCache:
-    def __init__(self, directory: str, size_limit_mb: float):
+    def __init__(self, directory: str, size_limit_mb: float, *, poll_seconds: float = 0.5,
+                 flush_seconds: float = 0.05):
         os.makedirs(directory, exist_ok=True)
         self.store = diskcache.Cache(directory, size_limit=int(size_limit_mb * 1024 * 1024),
                                      eviction_policy="least-recently-stored")
-        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cache")
-        self.pending: set[asyncio.Future] = set()
-        self.writing: dict[str, bytes] = {}   # stored but not yet on disk: read-your-writes
+        self.db_file = os.path.join(directory, diskcache.core.DBNAME)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache")
+        self.poll_seconds = poll_seconds
+        self.flush_seconds = flush_seconds
+        self.known: set[str] = set()
+        self.writing: dict[str, tuple[bytes, float]] = {}   # key -> (value, ttl), not yet on disk
+        self._last_rowid = 0
+        self._poller: asyncio.Task | None = None
+        self._flusher: asyncio.Task | None = None
+
+    def _run(self, fn, *args):
+        return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def get(self, key: str) -> bytes | None:
-        value = self.writing.get(key)
-        if value is not None:
-            return value
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self.store.get, key)
+        if self._poller is None:
+            self._poller = asyncio.ensure_future(self._poll())
+            await self._scan()
+        pending = self.writing.get(key)
+        if pending is not None:
+            return pending[0]
+        if key not in self.known:
+            return None
+        value = await self._run(self.store.get, key)
+        if value is None:
+            self.known.discard(key)   # expired or evicted
+        return value
 
     def put_later(self, key: str, value: bytes, ttl: float) -> None:
-        self.writing[key] = value
-        fut = asyncio.get_running_loop().run_in_executor(self.executor, self._put, key, value, ttl)
-        self.pending.add(fut)
+        self.writing[key] = (value, ttl)
+        self.known.add(key)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_soon())
 
-        def done(f: asyncio.Future) -> None:
-            self.pending.discard(f)
-            if self.writing.get(key) is value:
+    async def _flush_soon(self) -> None:
+        while self.writing:
+            await asyncio.sleep(self.flush_seconds)
+            await self._write_batch()
+
+    async def _write_batch(self) -> None:
+        batch = dict(self.writing)
+        try:
+            await asyncio.shield(self._run(self._write, batch))
+        except Exception:
+            log.exception("cache_write_failed", entries=len(batch))
+        for key, entry in batch.items():
+            if self.writing.get(key) is entry:
                 del self.writing[key]
-        fut.add_done_callback(done)
 
-    def _put(self, key: str, value: bytes, ttl: float) -> None:
-        self.store.set(key, value, expire=ttl)
+    async def flush(self) -> None:
+        while self.writing:
+            await self._write_batch()
+
+    def _write(self, batch: dict[str, tuple[bytes, float]]) -> None:
+        with self.store.transact():
+            for key, (value, ttl) in batch.items():
+                self.store.set(key, value, expire=ttl)
+
+    async def _scan(self) -> None:
+        try:
+            rows = await self._run(self._new_keys, self._last_rowid)
+        except sqlite3.Error:
+            log.exception("cache_scan_failed")
+            return
+        for rowid, key in rows:
+            self.known.add(key)
+            self._last_rowid = max(self._last_rowid, rowid)
+
+    def _new_keys(self, after: int) -> list[tuple[int, str]]:
+        with sqlite3.connect(f"file:{self.db_file}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute("SELECT rowid, key FROM Cache WHERE rowid > ? AND raw = 1", (after,)).fetchall()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_seconds)
+            await self._scan()
 
     async def close(self) -> None:
-        if self.pending:
-            await asyncio.gather(*self.pending, return_exceptions=True)
+        if self._poller is not None:
+            self._poller.cancel()
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
+        await self.flush()
         self.executor.shutdown(wait=True)
         self.store.close()
