@@ -78,7 +78,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def create_app(gateway: Gateway) -> web.Application:
-    app = web.Application(middlewares=[edge], client_max_size=gateway.config.server.max_body_bytes + 1)
+    app = web.Application(middlewares=[edge], client_max_size=gateway.config.server.max_body_bytes)
     app[GATEWAY] = gateway
 
     async def lifecycle(app: web.Application):

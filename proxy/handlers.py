@@ -30,7 +30,6 @@ def new_context(request: web.Request, endpoint: str) -> RequestContext:
     gw = request.app[GATEWAY]
     ctx = RequestContext(request=request, gateway=gw, request_id=request["request_id"], endpoint=endpoint,
                          state=gw.state)
-    request["ctx"] = ctx
     return ctx
 
 
@@ -38,12 +37,16 @@ async def read_json(request: web.Request, ctx: RequestContext) -> dict:
     server = ctx.state.config.server
     if request.content_length is not None and request.content_length > server.max_body_bytes:
         raise PayloadTooLarge(f"Request body is larger than the limit of {server.max_body_mb:g} MB.")
+    content = request.content
     try:
-        async with asyncio.timeout(server.body_timeout):
-            raw = await request.content.read(server.max_body_bytes + 1)
+        if request.content_length is not None and content.total_bytes >= request.content_length:
+            raw = await request.read()          # already buffered: no timer needed
+        else:
+            async with asyncio.timeout(server.body_timeout):
+                raw = await request.read()
     except TimeoutError:
         raise InvalidRequest("Timed out reading the request body.", code="body_timeout", status=408)
-    if len(raw) > server.max_body_bytes:
+    except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"Request body is larger than the limit of {server.max_body_mb:g} MB.")
     if not raw:
         raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
@@ -132,7 +135,7 @@ async def run(request: web.Request, ctx: RequestContext, prepare, adapt=None) ->
         raise
     finally:
         state.inflight -= 1
-        if ctx.usage.known:
+        if ctx.usage.known and not ctx.cost:
             ctx.finalize_cost()
         state.chain.finish(ctx)
 
