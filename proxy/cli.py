@@ -36,9 +36,8 @@ def cmd_serve(args) -> int:
         return supervise(argv, workers, host, port, config.server.drain_seconds,
                          os.path.abspath(config.server.data_dir))
     from proxy.server import run_worker
-    run_worker(config, os.path.abspath(args.config), host, port, reuse_port=args.reuse_port,
-               notify=not args.no_notify)
-    return 0
+    return run_worker(config, os.path.abspath(args.config), host, port, reuse_port=args.reuse_port,
+                      notify=not args.no_notify)
 
 
 def cmd_check(args) -> int:

@@ -2,6 +2,7 @@
 They open the same SQLite file as the running gateway (WAL: safe while it serves)."""
 from __future__ import annotations
 
+import argparse
 import getpass
 import hashlib
 import os
@@ -109,13 +110,18 @@ def add_store_commands(sub, with_config) -> None:
         p.add_argument("--expires-at", help="unix seconds, ISO date, or a span like 30d")
         return p
 
-    limits(ks.add_parser("create", help="create a managed key (shown once)"))
-    ks.add_parser("list", help="list managed keys (masked)")
-    u = limits(ks.add_parser("update", help="change a managed key"))
+    def config_after(p):
+        # `modelway keys create ... --config FILE` as well as `modelway keys --config FILE create ...`
+        p.add_argument("--config", "-c", default=argparse.SUPPRESS, help="path to routes.yaml")
+        return p
+
+    config_after(limits(ks.add_parser("create", help="create a managed key (shown once)")))
+    config_after(ks.add_parser("list", help="list managed keys (masked)"))
+    u = config_after(limits(ks.add_parser("update", help="change a managed key")))
     u.add_argument("id")
     u.add_argument("--disable", action="store_true", default=None)
     u.add_argument("--enable", dest="disable", action="store_false")
-    r = ks.add_parser("revoke", help="delete a managed key")
+    r = config_after(ks.add_parser("revoke", help="delete a managed key"))
     r.add_argument("id")
     h = ks.add_parser("hash", help="print the routes.yaml line for a key (reads the key from stdin)")
     h.add_argument("secret", nargs="?")

@@ -6,6 +6,7 @@ import re
 from random import getrandbits
 
 import orjson
+import structlog
 from aiohttp import web
 
 from proxy.context import JSONReply, RequestContext, StreamReply
@@ -13,6 +14,7 @@ from proxy.dispatch import check_chat_body
 from proxy.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from proxy.sse import DONE, data_event
 
+log = structlog.get_logger("modelway")
 GATEWAY = web.AppKey("gateway", object)
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
@@ -133,6 +135,10 @@ async def run(request: web.Request, ctx: RequestContext, prepare, adapt=None) ->
     except asyncio.CancelledError:
         ctx.status, ctx.error_type, ctx.partial = 499, "client_disconnected", True
         raise
+    except Exception:
+        log.exception("unhandled_error", request_id=ctx.request_id, path=request.path)
+        return error_response(ctx, GatewayError("The gateway hit an internal error; the request id "
+                                                "identifies it in the logs."))
     finally:
         state.inflight -= 1
         if ctx.usage.known and not ctx.cost:
@@ -168,14 +174,20 @@ async def write_stream(request: web.Request, ctx: RequestContext, reply: StreamR
                 ctx.mark_first_token()
             await resp.write(event)
         await resp.write_eof()
-    except GatewayError as err:
-        ctx.status, ctx.error_type, ctx.error_code, ctx.partial = err.status, err.type, err.code, True
-        await _write_quietly(resp, ctx, stream_error_events(ctx, err))
     except (ConnectionResetError, ConnectionError):
         ctx.status, ctx.error_type, ctx.partial = 499, "client_disconnected", True
     except asyncio.CancelledError:
         ctx.status, ctx.error_type, ctx.partial = 499, "client_disconnected", True
         raise
+    except Exception as exc:   # the stream has started: end it with an error event, never a bare close
+        err = exc if isinstance(exc, GatewayError) else GatewayError("The gateway hit an internal error mid-stream.")
+        if not isinstance(exc, GatewayError):
+            log.exception("unhandled_stream_error", request_id=ctx.request_id)
+        ctx.status, ctx.error_type, ctx.error_code, ctx.partial = err.status, err.type, err.code, True
+        if resp.prepared:
+            await _write_quietly(resp, ctx, stream_error_events(ctx, err))
+        else:
+            raise err
     finally:
         aclose = getattr(events, "aclose", None)
         if aclose is not None:

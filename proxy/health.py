@@ -26,11 +26,14 @@ class Health:
     def failure(self, target, cooldown: float) -> bool:
         """Count a failure; True when the target starts cooling down."""
         key = self._key(target)
+        if key in self._until:          # it has cooled down before and not answered since:
+            self._until[key] = time.monotonic() + cooldown     # the failed probe decides
+            return True
         n = self._failures.get(key, 0) + 1
         self._failures[key] = n
         if n >= FAILURES_BEFORE_COOLDOWN:
             self._until[key] = time.monotonic() + cooldown
-            self._failures[key] = 0     # after the cooldown one probe decides
+            self._failures[key] = 0
             return True
         return False
 

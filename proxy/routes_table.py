@@ -34,7 +34,7 @@ def print_routes(config: Config, fmt: str = "table") -> int:
             "context_length", "status"]
     table = [[str(r[c]) if r[c] is not None else "-" for c in cols] for r in data]
     widths = [max(len(c), *(len(row[i]) for row in table)) if table else len(c) for i, c in enumerate(cols)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)))
+    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)).rstrip())
     for row in table:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
     return 0

@@ -32,7 +32,8 @@ def sd_notify(message: str) -> None:
 
 
 async def serve(config: Config, config_path: str | None, host: str, port: int, reuse_port: bool = False,
-                notify: bool = True) -> None:
+                notify: bool = True) -> int:
+    """Serve until SIGTERM/SIGINT; returns the process exit code."""
     if not reuse_port:   # the only process: in-flight counts left by a crash are stale
         from proxy.store.counters import SharedCounters
         os.makedirs(config.server.data_dir, exist_ok=True)
@@ -45,7 +46,12 @@ async def serve(config: Config, config_path: str | None, host: str, port: int, r
                            shutdown_timeout=config.server.drain_seconds)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:   # port taken, address not local, ...: one clear line, not a traceback
+        log.error("cannot_listen", host=host, port=port, pid=os.getpid(), error=str(exc))
+        await runner.cleanup()
+        return 1
     log.info("listening", host=host, port=port, pid=os.getpid(), config_version=config.version,
              models=len(config.models))
     stop = asyncio.Event()
@@ -73,6 +79,7 @@ async def serve(config: Config, config_path: str | None, host: str, port: int, r
         watcher.cancel()
     await runner.cleanup()   # stops listening, waits for in-flight requests (shutdown_timeout), closes
     log.info("stopped", pid=os.getpid())
+    return 0
 
 
 async def _watch(gateway: Gateway) -> None:
@@ -90,10 +97,10 @@ async def _watch(gateway: Gateway) -> None:
 
 
 def run_worker(config: Config, config_path: str | None, host: str, port: int, reuse_port: bool,
-               notify: bool = True) -> None:
+               notify: bool = True) -> int:
     try:
         import uvloop
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runner(serve(config, config_path, host, port, reuse_port, notify))
+    return runner(serve(config, config_path, host, port, reuse_port, notify))

@@ -147,23 +147,32 @@ def last_user_text(messages: list) -> str:
     return ""
 
 
-def sample(schema: dict, text: str):
-    """A value that satisfies a (simple) JSON Schema, built from the echoed text."""
-    if not isinstance(schema, dict):
+def sample(schema: dict, text: str, root: dict | None = None, depth: int = 0):
+    """A value that satisfies a (simple) JSON Schema, built from the echoed text. `$ref`s into
+    `$defs`/`definitions` (pydantic's nested models) are followed."""
+    if not isinstance(schema, dict) or depth > 16:
         return None
+    root = schema if root is None else root
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#"):
+        target = root
+        for part in ref.lstrip("#/").split("/") if ref != "#" else ():
+            target = target.get(part) if isinstance(target, dict) else None
+        return sample(target, text, root, depth + 1)
     if "enum" in schema and schema["enum"]:
         return schema["enum"][0]
     if "const" in schema:
         return schema["const"]
     for key in ("anyOf", "oneOf", "allOf"):
         if schema.get(key):
-            return sample(schema[key][0], text)
+            return sample(schema[key][0], text, root, depth + 1)
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     if kind == "object" or "properties" in schema:
         props = schema.get("properties") or {}
-        return {name: sample(sub, text) for name, sub in props.items()} if props else {"echo": text}
+        return ({name: sample(sub, text, root, depth + 1) for name, sub in props.items()}
+                if props else {"echo": text})
     return {"string": text, "integer": len(text), "number": float(len(text)), "boolean": True,
             "array": [], "null": None}.get(kind, text)
 

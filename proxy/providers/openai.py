@@ -75,7 +75,9 @@ class OpenAIProvider(Provider):
 
     async def _error(self, resp: aiohttp.ClientResponse) -> GatewayError:
         try:
-            raw = await resp.content.read(MAX_ERROR_BODY)
+            raw = await _read_body(resp.content, self.config.timeouts.idle, MAX_ERROR_BODY)
+        except (TimeoutError, aiohttp.ClientError):
+            raw = b""
         finally:
             resp.close()
         return from_upstream(resp.status, error_message(raw), provider=self.name,
@@ -83,8 +85,7 @@ class OpenAIProvider(Provider):
 
     async def _json_body(self, ctx, resp: aiohttp.ClientResponse) -> dict:
         try:
-            async with asyncio.timeout(self.config.timeouts.idle):
-                raw = await resp.content.read(MAX_RESPONSE_BODY + 1)
+            raw = await _read_body(resp.content, self.config.timeouts.idle, MAX_RESPONSE_BODY)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise ProviderError(f"provider {self.name!r} broke off its response", code="upstream_broken") from exc
         finally:
@@ -115,6 +116,9 @@ class OpenAIProvider(Provider):
                 if data == b"[DONE]":
                     finished = True
                     break
+                if data[:1] != b"{" or data.rstrip()[-1:] != b"}":     # truncated or not JSON at all
+                    raise ProviderError(f"provider {self.name!r} sent a malformed stream event",
+                                        code="upstream_malformed")
                 if data[:9] == b'{"error":' or data[:10] == b'{"error": ':
                     raise ProviderError(f"provider {self.name!r} failed mid-stream: {error_message(data)}",
                                         code="upstream_stream_error")
@@ -145,6 +149,22 @@ class OpenAIProvider(Provider):
             return None
         usage["cost"] = ctx.finalize_cost()
         return data_event(orjson.dumps(chunk))
+
+
+async def _read_body(content: aiohttp.StreamReader, idle: float, limit: int) -> bytes:
+    """The whole body (StreamReader.read(n) returns only what has arrived so far), stopping
+    once it is over `limit` bytes; `idle` bounds each wait for more."""
+    if content.is_eof():                    # all of it already arrived: no timers, no waits
+        return content.read_nowait(limit + 1)
+    parts, size = [], 0
+    while size <= limit:
+        async with asyncio.timeout(idle):
+            chunk = await content.readany()
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
 
 
 async def _chunks(content: aiohttp.StreamReader, idle: float) -> AsyncIterator[bytes]:

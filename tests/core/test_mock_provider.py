@@ -1,0 +1,228 @@
+"""The built-in `mock` provider, as a user's CI sees it through the gateway."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Literal, Optional
+
+import openai
+import orjson
+import pytest
+from pydantic import BaseModel
+
+from tests.core.helpers import assert_envelope, chat_body, post_json, post_stream, sse_data
+
+CONFIG = """
+middlewares: [access_log]
+providers:
+  mock: {type: mock, options: {chunks: 4}}
+  lazy: {type: mock, options: {latency_ms: 300, chunks: 2, chunk_delay_ms: 50}}
+models:
+  mock-echo: {targets: [{provider: mock}], pricing: {input: 1.0, output: 2.0}}
+  mock-lazy: {targets: [{provider: lazy}]}
+  mock-error: {targets: [{provider: mock, model: mock-error}], retries: 0}
+  mock-broken: {targets: [{provider: mock, model: mock-stream-error}], retries: 0}
+"""
+TEXT = "The quick brown fox jumps over the lazy dog"
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+        "required": ["city", "unit"]}}}
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+    tags: list[str]
+
+
+class Address(BaseModel):
+    city: str
+    country: Literal["FR", "DE"]
+
+
+class Customer(BaseModel):
+    person: Person
+    address: Address
+    previous: list[Address]
+    note: Optional[str]
+
+
+@pytest.fixture
+async def mock_gw(make_gateway):
+    return await make_gateway(CONFIG)
+
+
+def msgs(text: str = TEXT) -> list[dict]:
+    return [{"role": "system", "content": "Be nice."}, {"role": "user", "content": text}]
+
+
+async def test_echoes_the_last_user_message_with_realistic_usage_and_cost(mock_gw):
+    r = await mock_gw.client().chat.completions.create(
+        model="mock-echo", messages=msgs("first") + [{"role": "assistant", "content": "ok"},
+                                                     {"role": "user", "content": TEXT}])
+    assert r.choices[0].message.content == TEXT
+    assert r.choices[0].finish_reason == "stop"
+    assert r.model == "mock-echo" and r.id.startswith("chatcmpl-")
+    u = r.usage
+    assert u.prompt_tokens > 10 and u.completion_tokens == len(TEXT) // 4
+    assert u.total_tokens == u.prompt_tokens + u.completion_tokens
+    assert u.model_dump()["cost"] == pytest.approx((u.prompt_tokens * 1.0 + u.completion_tokens * 2.0) / 1e6)
+
+
+async def test_is_deterministic(mock_gw):
+    client = mock_gw.client()
+    a = await client.chat.completions.create(model="mock-echo", messages=msgs())
+    b = await client.chat.completions.create(model="mock-echo", messages=msgs())
+    assert (a.id, a.choices[0].message.content, a.usage) == (b.id, b.choices[0].message.content, b.usage)
+
+
+async def test_streams_in_the_configured_number_of_chunks(mock_gw, http):
+    status, headers, raw = await post_stream(http, mock_gw.url + "/v1/chat/completions",
+                                             {"model": "mock-echo", "messages": msgs(), "stream": True})
+    assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
+    events = sse_data(raw)
+    assert events[-1] == b"[DONE]"
+    chunks = [orjson.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    pieces = [c["choices"][0]["delta"]["content"] for c in chunks[1:] if c["choices"][0]["delta"].get("content")]
+    assert len(pieces) == 4 and "".join(pieces) == TEXT
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert all(c["object"] == "chat.completion.chunk" and "usage" not in c for c in chunks)
+
+
+async def test_streamed_usage_chunk_only_when_asked(mock_gw):
+    client = mock_gw.client()
+    stream = await client.chat.completions.create(model="mock-echo", messages=msgs(), stream=True,
+                                                  stream_options={"include_usage": True})
+    chunks = [c async for c in stream]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(TEXT) // 4
+    assert chunks[-1].usage.model_dump()["cost"] > 0
+
+
+async def test_tool_call_when_tools_offered_and_message_asks(mock_gw):
+    client = mock_gw.client()
+    r = await client.chat.completions.create(model="mock-echo", messages=msgs("What's the weather in Paris?"),
+                                             tools=[WEATHER_TOOL])
+    msg = r.choices[0].message
+    assert r.choices[0].finish_reason == "tool_calls" and msg.content is None
+    call = msg.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_")
+    args = json.loads(call.function.arguments)
+    assert set(args) == {"city", "unit"} and args["unit"] == "celsius"
+
+    r = await client.chat.completions.create(
+        model="mock-echo", tools=[WEATHER_TOOL],
+        messages=msgs("What's the weather in Paris?") + [
+            {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": "18C, sunny"}])
+    assert r.choices[0].finish_reason == "stop"     # a tool result is answered, not called again
+
+
+async def test_no_tool_call_when_not_asked_or_tool_choice_none(mock_gw):
+    client = mock_gw.client()
+    r = await client.chat.completions.create(model="mock-echo", messages=msgs("hello there"), tools=[WEATHER_TOOL])
+    assert r.choices[0].message.tool_calls is None and r.choices[0].message.content == "hello there"
+    r = await client.chat.completions.create(model="mock-echo", messages=msgs("weather in Rome?"),
+                                             tools=[WEATHER_TOOL], tool_choice="none")
+    assert r.choices[0].message.tool_calls is None
+    r = await client.chat.completions.create(model="mock-echo", messages=msgs("hello"), tools=[WEATHER_TOOL],
+                                             tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    assert r.choices[0].message.tool_calls[0].function.name == "get_weather"
+
+
+async def test_streamed_tool_call_deltas_carry_index(mock_gw):
+    stream = await mock_gw.client().chat.completions.create(model="mock-echo", messages=msgs("use the tool"),
+                                                            tools=[WEATHER_TOOL], stream=True)
+    args, name, finish = "", None, None
+    async for chunk in stream:
+        for d in chunk.choices[0].delta.tool_calls or ():
+            assert d.index == 0
+            name = name or d.function.name
+            args += d.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert name == "get_weather" and finish == "tool_calls"
+    assert set(json.loads(args)) == {"city", "unit"}
+
+
+async def test_json_for_response_format(mock_gw):
+    client = mock_gw.client()
+    r = await client.chat.completions.create(model="mock-echo", messages=msgs(),
+                                             response_format={"type": "json_object"})
+    assert json.loads(r.choices[0].message.content) == {"echo": TEXT}
+    r = await client.beta.chat.completions.parse(model="mock-echo", messages=msgs(), response_format=Person)
+    person = r.choices[0].message.parsed
+    assert isinstance(person, Person) and person.name == TEXT and person.age == len(TEXT)
+    r = await asyncio.to_thread(mock_gw.sync_client().beta.chat.completions.parse, model="mock-echo",
+                                messages=msgs(), response_format=Person)
+    assert r.choices[0].message.parsed == person
+
+
+async def test_json_schema_with_nested_models_parses(mock_gw):
+    r = await mock_gw.client().beta.chat.completions.parse(model="mock-echo", messages=msgs("Ann"),
+                                                           response_format=Customer)
+    c = r.choices[0].message.parsed
+    assert isinstance(c, Customer)
+    assert (c.person.name, c.address.country, c.previous) == ("Ann", "FR", [])
+
+
+async def test_tool_arguments_follow_nested_parameter_schemas(mock_gw):
+    tool = {"type": "function", "function": {"name": "save_customer", "parameters": Customer.model_json_schema()}}
+    r = await mock_gw.client().chat.completions.create(model="mock-echo", messages=msgs("call the tool"),
+                                                       tools=[tool])
+    args = json.loads(r.choices[0].message.tool_calls[0].function.arguments)
+    assert Customer.model_validate(args).address.city == "call the tool"
+
+
+async def test_latency_and_chunk_delay_options(mock_gw):
+    client = mock_gw.client()
+    started = time.monotonic()
+    await client.chat.completions.create(model="mock-lazy", messages=msgs())
+    assert 0.3 <= time.monotonic() - started < 2
+    stream = await client.chat.completions.create(model="mock-lazy", messages=msgs(), stream=True)
+    pieces = [c.choices[0].delta.content async for c in stream if c.choices[0].delta.content]
+    assert len(pieces) == 2 and "".join(pieces) == TEXT
+
+
+async def test_max_tokens_truncates_with_finish_reason_length(mock_gw):
+    r = await mock_gw.client().chat.completions.create(model="mock-echo", messages=msgs(), max_tokens=2)
+    assert r.choices[0].finish_reason == "length"
+    assert TEXT.startswith(r.choices[0].message.content) and r.choices[0].message.content != TEXT
+
+
+async def test_reasoning_effort_adds_reasoning_content(mock_gw, http):
+    status, _, body = await post_json(http, mock_gw.url + "/v1/chat/completions",
+                                      chat_body("mock-echo:thinking:high", TEXT))
+    assert status == 200
+    msg = body["choices"][0]["message"]
+    assert msg["content"] == TEXT and msg["reasoning_content"]
+    assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] > 0
+
+
+async def test_error_model_fails_like_an_upstream_500(mock_gw, http):
+    got = await post_json(http, mock_gw.url + "/v1/chat/completions", chat_body("mock-error"))
+    err = assert_envelope(got, 502, "provider_error")
+    assert err["upstream_status"] == 500
+    with pytest.raises(openai.APIStatusError) as exc_info:
+        await mock_gw.client().chat.completions.create(model="mock-error", messages=msgs())
+    assert exc_info.value.status_code == 502
+
+
+async def test_stream_error_model_ends_with_error_event_then_done(mock_gw, http):
+    status, headers, raw = await post_stream(http, mock_gw.url + "/v1/chat/completions",
+                                             chat_body("mock-broken", TEXT, stream=True))
+    assert status == 200
+    events = sse_data(raw)
+    assert events[-1] == b"[DONE]"
+    err = orjson.loads(events[-2])["error"]
+    assert err["type"] == "provider_error" and err["trace_id"] == headers["x-request-id"]
+
+
+async def test_embeddings_are_deterministic_vectors(mock_gw):
+    client = mock_gw.client()
+    a = await client.embeddings.create(model="mock-echo", input=["alpha", "beta"], encoding_format="float")
+    b = await client.embeddings.create(model="mock-echo", input="alpha", encoding_format="float", dimensions=8)
+    assert len(a.data) == 2 and len(a.data[0].embedding) == 8
+    assert a.data[0].embedding == b.data[0].embedding != a.data[1].embedding
+    assert a.usage.prompt_tokens > 0
