@@ -35,7 +35,7 @@ import time
 import orjson
 from aiohttp import web
 
-from tests.fakes.anthropic_upstream import asks_for_tool, attachments_note, cities_in, sample, split, tokens
+from tests.fakes.answers import asks_for_tool, attachments_note, cities_in, sample, split, tokens
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures" / "openai"
 
