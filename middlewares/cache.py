@@ -3,8 +3,8 @@ and route resolution, scoped per API key unless shared. diskcache calls run in a
 
 Per request: `Cache-Control: no-cache` (skip lookup, still store) / `no-store` (neither), or
 a body field `cache: {"no-cache": bool, "no-store": bool, "ttl": seconds}`. A hit answers
-`x-cache: HIT` with cost 0 (streamed requests get the answer replayed as SSE); a miss says
-`x-cache: MISS` and is stored once complete. Errors, truncated (`length`) and cancelled
+`x-cache: HIT` with cost 0 (streamed requests get the answer replayed as SSE); every other
+chat answer says `x-cache: MISS` (stored once complete when caching is on and allowed). Errors, truncated (`length`) and cancelled
 answers are never stored.
 """
 from __future__ import annotations
@@ -40,10 +40,11 @@ class Cache(Middleware):
         route = resolve_route(ctx).route
         enabled = config.enabled if route.cache is None else route.cache
         if not enabled:
+            ctx.response_headers["x-cache"] = "MISS"
             return await call_next(ctx)
         control = _controls(ctx)
         if control["no-store"]:
-            ctx.cache_status = ctx.response_headers["x-cache"] = "BYPASS"
+            ctx.cache_status = ctx.response_headers["x-cache"] = "MISS"
             return await call_next(ctx)
         store = self.gateway.response_cache
         key = cache_key(ctx, self.shared if self.shared is not None else config.shared)

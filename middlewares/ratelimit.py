@@ -1,8 +1,10 @@
 """Rate limits and budgets per key, enforced before the upstream is called and shared by every
 worker process (mmap'd counters, see proxy.store.counters):
 
-- `minute_limit`: requests per minute (sliding window). Every response of a limited key
-  carries X-RateLimit-Limit-Minute / -Remaining-Minute / -Reset-Minute.
+- `minute_limit`: requests per minute (sliding window) on the inference endpoints (chat,
+  messages, embeddings). Every inference response of a limited key carries
+  X-RateLimit-Limit-Minute / -Remaining-Minute / -Reset-Minute. /v1/models and /v1/account/*
+  are neither counted nor refused.
 - `daily_limit`: USD per UTC day, from the cost of finished requests.
 - `balance`: USD; managed keys are charged by the ledger, static keys against their total
   spend in the ledger (refreshed every second).
@@ -31,12 +33,15 @@ class RateLimit(Middleware):
     def __init__(self, gateway, config):
         self.gateway = gateway
         self.static_balances = {f"static:{k.label}": k.balance for k in config.keys if k.balance is not None}
-        self.static_spent: dict[str, float] = {}
+        self.static_spent: dict[str, float] = {}   # ledger total at the last refresh + local spend since
+        self.static_local: dict[str, float] = {}   # this process's spend, ever (to bridge refreshes)
         self._refresher: asyncio.Task | None = None
 
     async def handle(self, ctx, call_next):
         key = ctx.key
-        if key is None or key.management:
+        if key is None or key.management or ctx.endpoint not in INFERENCE:
+            # /v1/models and /v1/account/* neither use up nor are refused by a key's limits:
+            # a limited key can always check its balance and activity
             return await call_next(ctx)
         counters = self.gateway.counters
         if key.minute_limit is not None:
@@ -49,13 +54,12 @@ class RateLimit(Middleware):
                 raise RateLimited(f"Rate limit of {key.minute_limit} requests per minute exceeded.",
                                   code="minute_limit_exceeded", headers={"Retry-After": str(max(reset, 1))},
                                   tip=f"Retry after {max(reset, 1)} s or ask for a higher minute_limit.")
-        if ctx.endpoint in INFERENCE:
-            self._check_spend(key, counters)
-            if key.max_concurrent is not None:
-                if not counters.acquire(key.id, key.max_concurrent):
-                    raise RateLimited(f"Too many concurrent requests for this key (max {key.max_concurrent}).",
-                                      code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
-                ctx.extra["concurrency_held"] = True
+        self._check_spend(key, counters)
+        if key.max_concurrent is not None:
+            if not counters.acquire(key.id, key.max_concurrent):
+                raise RateLimited(f"Too many concurrent requests for this key (max {key.max_concurrent}).",
+                                  code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
+            ctx.extra["concurrency_held"] = True
         return await call_next(ctx)
 
     def _check_spend(self, key, counters) -> None:
@@ -83,18 +87,28 @@ class RateLimit(Middleware):
         if ctx.cost:
             self.gateway.counters.add_spend(key.id, ctx.cost)
             if key.id in self.static_balances:
+                self.static_local[key.id] = self.static_local.get(key.id, 0.0) + ctx.cost
                 self.static_spent[key.id] = self.static_spent.get(key.id, 0.0) + ctx.cost
+
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
 
     def _ensure_refresher(self) -> None:
         if self._refresher is None:
             self._refresher = asyncio.ensure_future(self._refresh())
 
     async def _refresh(self) -> None:
-        """Static keys' total spend from the ledger (all workers), once a second."""
+        """Static keys' total spend from the ledger (all workers), once a second. Spend this
+        process adds while the query runs is not in its answer: it is carried over, so a
+        request finishing meanwhile is never forgotten."""
         while True:
             for key_id in self.static_balances:
                 try:
-                    self.static_spent[key_id] = (await self.gateway.ledger.balance(key_id)).get("total_spent") or 0.0
+                    before = self.static_local.get(key_id, 0.0)   # balance() flushes these first
+                    total = (await self.gateway.ledger.balance(key_id)).get("total_spent") or 0.0
+                    self.static_spent[key_id] = total + self.static_local.get(key_id, 0.0) - before
                 except Exception:
                     pass
             await asyncio.sleep(1.0)

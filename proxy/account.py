@@ -35,6 +35,16 @@ def parse_time(value: str | None, param: str) -> float | None:
     return parsed.timestamp()
 
 
+def parse_expiry(value: str | float | None, param: str = "expires_at") -> float | None:
+    """Like parse_time, but a span such as 30d means that long from now, not ago."""
+    if isinstance(value, str):
+        m = _RELATIVE.match(value)
+        if m:
+            return time.time() + int(m.group(1)) * _UNITS[m.group(2)]
+        return parse_time(value, param)
+    return value
+
+
 def _int(query, name: str, default: int, low: int, high: int) -> int:
     raw = query.get(name)
     if raw is None:
@@ -103,7 +113,7 @@ def key_fields(body, partial: bool) -> dict:
             out[name] = None
             continue
         if name == "expires_at" and isinstance(value, str):
-            value = parse_time(value, name)
+            value = parse_expiry(value, name)
         ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if kind is float else \
              (isinstance(value, kind) and not (kind is int and isinstance(value, bool)))
         if not ok or (name == "allowed_models" and not all(isinstance(m, str) for m in value)):

@@ -24,7 +24,7 @@ def _store(args):
 
 
 def _fields(args) -> dict:
-    from proxy.account import parse_time
+    from proxy.account import parse_expiry
     out = {}
     for name in ("label", "minute_limit", "daily_limit", "balance", "max_concurrent"):
         value = getattr(args, name, None)
@@ -33,7 +33,7 @@ def _fields(args) -> dict:
     if getattr(args, "allowed_models", None) is not None:
         out["allowed_models"] = [m for m in args.allowed_models.split(",") if m] or None
     if getattr(args, "expires_at", None):
-        out["expires_at"] = parse_time(args.expires_at, "expires_at")
+        out["expires_at"] = parse_expiry(args.expires_at, "expires_at")
     return out
 
 
@@ -48,10 +48,16 @@ def cmd_keys(args) -> int:
         digest = hashlib.sha256(secret.encode()).hexdigest()
         print(f'- {{label: {args.label or "my-key"}, sha256: "{digest}"}}')
         return 0
+    from proxy.errors import GatewayError
+    try:
+        fields = _fields(args)
+    except GatewayError as exc:
+        print(f"modelway: {exc.message}", file=sys.stderr)
+        return 2
     store = _store(args)
     try:
         if args.keys_command == "create":
-            record, secret = store.create(**_fields(args))
+            record, secret = store.create(**fields)
             _print({**record, "key": secret})
             print("Store this key now: it is not shown again.", file=sys.stderr)
         elif args.keys_command == "list":
@@ -63,7 +69,7 @@ def cmd_keys(args) -> int:
             if not rows:
                 print("no managed keys")
         elif args.keys_command == "update":
-            record = store.update(args.id, **_fields(args),
+            record = store.update(args.id, **fields,
                                   **({"disabled": args.disable} if args.disable is not None else {}))
             if record is None:
                 print(f"no key {args.id}", file=sys.stderr)

@@ -107,11 +107,10 @@ class Gateway:
     async def _close_unused(self, old: State, new: State) -> None:
         import asyncio
         stale = [p for n, p in old.providers.items() if new.providers.get(n) is not p]
-        if not stale:
-            return
         deadline = time.monotonic() + self.config.server.drain_seconds
         while old.inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
+        await old.chain.close()
         for p in stale:
             await p.close()
 
@@ -137,6 +136,7 @@ class Gateway:
 
     async def close(self) -> None:
         if self.state:
+            await self.state.chain.close()
             for p in self.state.providers.values():
                 await p.close()
         await self.keys.close()

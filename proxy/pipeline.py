@@ -39,6 +39,9 @@ class Middleware:
     def finish(self, ctx: "RequestContext") -> None:
         """Called once when the request is complete (success, error or disconnect)."""
 
+    async def close(self) -> None:
+        """Release what the middleware holds (tasks, files) when its chain is retired."""
+
 
 class MiddlewareBuildError(Exception):
     pass
@@ -80,6 +83,10 @@ class Chain:
         for mw in reversed(self.wrappers):
             handler = partial(mw.handle, call_next=handler)
         return handler
+
+    async def close(self) -> None:
+        for mw in self.middlewares:
+            await mw.close()
 
     def finish(self, ctx: "RequestContext") -> None:
         for fn in self.finishers:
