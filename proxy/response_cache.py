@@ -19,6 +19,7 @@ import diskcache
 import structlog
 
 log = structlog.get_logger(__name__)
+MAX_BACKLOG = 5000   # entries waiting for their batch write
 
 
 class ResponseCache:
@@ -55,6 +56,8 @@ class ResponseCache:
         return value
 
     def put_later(self, key: str, value: bytes, ttl: float) -> None:
+        if len(self.writing) >= MAX_BACKLOG:      # the disk is not keeping up: skip, never queue forever
+            return
         self.writing[key] = (value, ttl)
         self.known.add(key)
         if self._flusher is None or self._flusher.done():
