@@ -189,3 +189,14 @@ class Database:
     async def aclose(self) -> None:
         """`close()` from async code (waits for queued queries in another thread)."""
         await asyncio.to_thread(self.close)
+
+
+async def stop_task(task: "asyncio.Task | None") -> None:
+    """Cancel a background task and wait until it has stopped."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass

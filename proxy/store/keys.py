@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 import structlog
 
-from proxy.store.db import Database, bump_version, fetch_dicts, read_versions, transaction
+from proxy.store.db import Database, bump_version, fetch_dicts, read_versions, stop_task, transaction
 from proxy.store.ledger import utc_day_start
 
 log = structlog.get_logger(__name__)
@@ -231,10 +231,5 @@ class KeyStore:
                 log.exception("keys_reload_failed")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None

@@ -31,8 +31,7 @@ from typing import Any, Callable
 
 import structlog
 
-from proxy.store.db import (LEDGER_COLUMNS, Database, bump_version, connect, fetch_dicts,
-                            transaction)
+from proxy.store.db import (LEDGER_COLUMNS, bump_version, connect, Database, fetch_dicts, stop_task, transaction)
 
 log = structlog.get_logger(__name__)
 
@@ -251,13 +250,8 @@ class LedgerWriter:
 
     async def close(self) -> None:
         """Stop the flush task and write what is left. Idempotent."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         if self._inflight is not None:
             await asyncio.wait([self._inflight])
             self._inflight = None

@@ -26,6 +26,8 @@ from typing import Any
 import orjson
 import structlog
 
+from proxy.store.db import stop_task
+
 log = structlog.get_logger(__name__)
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
@@ -177,11 +179,7 @@ class Metrics:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await stop_task(self._task)
             self._task = None
             data = orjson.dumps(self.snapshot())
             await asyncio.to_thread(_write_atomic, self.dir / f"{self.pid}.json", data)
