@@ -2,7 +2,10 @@
 
 Retries and fallback happen only before the first byte reaches the client: a stream is
 peeked (its first event awaited) before it is handed back, so a target that fails before
-answering is skipped and the client never sees it.
+answering is skipped and the client never sees it. A failure the request itself caused
+(400/404/413/422) is returned at once; any other failure is retried on the same target
+when retryable (`retry_on`, connection errors, timeouts, broken answers) with backoff,
+then the next target (and the request's `models` list) is tried.
 """
 from __future__ import annotations
 
@@ -10,13 +13,18 @@ import asyncio
 import random
 from typing import AsyncIterator
 
+import orjson
+
 from proxy import capabilities
 from proxy.context import RequestContext, RouteMatch, StreamReply
 from proxy.errors import GatewayError, InvalidRequest, PermissionDenied, ProviderError, Unavailable
 from proxy.routing import resolve
 
 GATEWAY_FIELDS = ("preset", "cache", "models")
-RETRYABLE_CODES = ("upstream_timeout", "upstream_unreachable")
+RETRYABLE_CODES = ("upstream_timeout", "upstream_unreachable", "upstream_broken", "upstream_malformed",
+                   "upstream_error_body", "upstream_stream_error")
+PEEK_EVENTS = 8       # events read ahead at most while waiting for the first content token
+MAX_RETRY_WAIT = 2.0   # seconds; an upstream asking for longer is not retried, we fall back instead
 
 
 def resolve_route(ctx: RequestContext) -> RouteMatch:
@@ -51,8 +59,15 @@ def ordered_targets(route) -> list:
 
 
 def is_retryable(err: GatewayError, route) -> bool:
+    """Worth another try on the same target: the route's `retry_on` statuses, connection
+    failures, timeouts and answers broken before anything reached the client."""
     status = err.upstream_status
     return (status is not None and status in route.retry_on) or err.code in RETRYABLE_CODES
+
+
+def is_client_error(err: GatewayError) -> bool:
+    """The request itself is at fault (400/404/413/422): no other target will do better."""
+    return 400 <= err.status < 500 and err.status != 429
 
 
 def candidate_matches(ctx: RequestContext):
@@ -83,21 +98,21 @@ async def dispatch(ctx: RequestContext):
     last: GatewayError | None = None
     for match in candidate_matches(ctx):
         route = match.route
-        targets = ordered_targets(route)
-        for i, target in enumerate(targets):
+        for target in ordered_targets(route):
             reason = state.disabled.get(target.provider)
             if reason:
                 last = last or Unavailable(f"Model '{match.public_model}' is unavailable: provider "
                                            f"'{target.provider}' is disabled ({reason}).", param="model",
                                            code="provider_not_configured")
                 continue
-            if health.cooling(target):
+            upstream_model = match.upstream_model(target)
+            hkey = (target.provider, upstream_model)
+            if health.cooling(hkey):
                 last = last or Unavailable(f"All targets of '{match.public_model}' are cooling down.",
                                            code="all_targets_cooling_down",
-                                           headers={"Retry-After": str(max(1, int(health.remaining(target))))})
+                                           headers={"Retry-After": str(max(1, int(health.remaining(hkey))))})
                 continue
-            ctx.match, ctx.target, ctx.provider = match, target, target.provider
-            ctx.upstream_model = match.upstream_model(target)
+            ctx.match, ctx.target, ctx.provider, ctx.upstream_model = match, target, target.provider, upstream_model
             body = upstream_body(ctx, match, target)
             if ctx.endpoint != "embeddings":
                 capabilities.check(body, state.capabilities(route, target), match.public_model)
@@ -106,31 +121,32 @@ async def dispatch(ctx: RequestContext):
                 try:
                     reply = await _call(ctx, state.providers[target.provider], body)
                 except GatewayError as err:
-                    if not is_retryable(err, route):
+                    if is_client_error(err):
                         raise
                     last = err
-                    _failed(ctx, target, route, err)
-                    if attempt < route.retries and not health.cooling(target):
-                        await asyncio.sleep(backoff(attempt, err))
+                    _failed(ctx, hkey, route, err)
+                    wait = backoff(attempt, err)
+                    if (attempt < route.retries and is_retryable(err, route) and wait <= MAX_RETRY_WAIT
+                            and not health.cooling(hkey)):
+                        await asyncio.sleep(wait)
                         continue
-                    break
-                if health.success(target):
-                    _gauge(ctx, target, 0)
+                    break   # next target (a long Retry-After is the client's to honour, not ours)
+                if health.success(hkey):
+                    _gauge(ctx, hkey, 0)
                 return reply
     if last is None:
         raise Unavailable(f"Model '{ctx.model}' has no usable target.")
     raise last
 
 
-def _failed(ctx: RequestContext, target, route, err: GatewayError) -> None:
-    ctx.gateway.metrics.inc("modelway_upstream_errors_total", (target.provider, err.code))
-    if ctx.state.health.failure(target, route.cooldown_seconds):
-        _gauge(ctx, target, 1)
+def _failed(ctx: RequestContext, hkey: tuple, route, err: GatewayError) -> None:
+    ctx.gateway.metrics.inc("modelway_upstream_errors_total", (hkey[0], err.code))
+    if ctx.state.health.failure(hkey, route.cooldown_seconds):
+        _gauge(ctx, hkey, 1)
 
 
-def _gauge(ctx: RequestContext, target, value: int) -> None:
-    ctx.gateway.metrics.set_gauge("modelway_target_cooldown",
-                                  {"provider": target.provider, "model": ctx.upstream_model or ""},
+def _gauge(ctx: RequestContext, hkey: tuple, value: int) -> None:
+    ctx.gateway.metrics.set_gauge("modelway_target_cooldown", {"provider": hkey[0], "model": hkey[1]},
                                   value, "1 while a target is skipped after repeated failures.")
 
 
@@ -139,20 +155,49 @@ async def _call(ctx: RequestContext, provider, body: dict):
         return await provider.embeddings(ctx, body)
     reply = await provider.chat(ctx, dict(body))
     if isinstance(reply, StreamReply):
-        it = reply.events.__aiter__()
-        try:
-            first = await it.__anext__()
-        except StopAsyncIteration:
-            raise ProviderError(f"provider '{ctx.provider}' sent an empty stream", code="upstream_broken")
-        reply.events = _prepend(first, it)
+        reply.events = await _peek(ctx, reply.events.__aiter__())
     return reply
 
 
-async def _prepend(first: bytes, rest) -> AsyncIterator[bytes]:
+async def _peek(ctx: RequestContext, it) -> AsyncIterator[bytes]:
+    """Read a stream up to its first content token (or its end) before anything is sent, so a
+    failure there is still a retryable error; hand back those events followed by the rest."""
+    head: list[bytes] = []
     try:
-        yield first
-        async for ev in rest:
-            yield ev
+        while len(head) < PEEK_EVENTS:
+            event = await it.__anext__()
+            head.append(event)
+            if carries_content(event):
+                break
+    except StopAsyncIteration:
+        if not head:
+            raise ProviderError(f"provider '{ctx.provider}' sent an empty stream", code="upstream_broken")
+    return _replay(head, it)
+
+
+def carries_content(event: bytes) -> bool:
+    """True for an OpenAI chunk with text, tool calls, reasoning, a finish reason or usage."""
+    if not event.startswith(b"data: {"):
+        return event.startswith(b"data: [DONE]")
+    try:
+        chunk = orjson.loads(event[6:])
+    except orjson.JSONDecodeError:
+        return True
+    choices = chunk.get("choices")
+    if not choices:
+        return True
+    choice = choices[0]
+    delta = choice.get("delta") or {}
+    return bool(choice.get("finish_reason") or delta.get("content") or delta.get("tool_calls")
+                or delta.get("reasoning_content") or delta.get("reasoning_details") or delta.get("refusal"))
+
+
+async def _replay(head: list[bytes], rest) -> AsyncIterator[bytes]:
+    try:
+        for event in head:
+            yield event
+        async for event in rest:
+            yield event
     finally:
         await rest.aclose()
 
@@ -161,7 +206,7 @@ def backoff(attempt: int, err: GatewayError) -> float:
     retry_after = err.headers.get("Retry-After") if err.headers else None
     if retry_after:
         try:
-            return min(float(retry_after), 10.0)
+            return float(retry_after)
         except ValueError:
             pass
     return min(0.25 * (2 ** attempt), 4.0) * (0.5 + random.random() / 2)

@@ -125,7 +125,8 @@ def from_upstream(status: int, message: str, *, provider: str, retry_after: str 
         headers = {"Retry-After": retry_after} if retry_after else {}
         return RateLimited(f"{provider}: {message}", code="upstream_rate_limited", headers=headers,
                            upstream_status=429)
-    return ProviderError(f"{provider} returned HTTP {status}: {message}", upstream_status=status)
+    headers = {"Retry-After": retry_after} if retry_after and status in (503, 529) else {}
+    return ProviderError(f"{provider} returned HTTP {status}: {message}", upstream_status=status, headers=headers)
 
 
 _SECRET_RE = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|Bearer\s+\S+|x-api-key\S*|key[-_ ]?[A-Za-z0-9]{20,})", re.I)

@@ -2,6 +2,7 @@
 swapped atomically on reload. A request keeps the State it started with."""
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ class Gateway:
         self.state: State | None = None
         self.data_dir = os.path.abspath(config.server.data_dir)
         self.draining = False
+        self.cutting = False                    # the drain deadline is passing: end open streams
+        self.streams: set[asyncio.Task] = set()  # handler tasks writing a stream right now
 
     async def start(self) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
@@ -133,6 +136,13 @@ class Gateway:
         await self.ledger.start()
         await self.keys.start()
         await self.metrics.start()
+
+    def cut_streams(self) -> None:
+        """At the drain deadline: make every open stream end with an error event and [DONE]
+        (the writer sees the cancellation and finishes the response cleanly)."""
+        self.cutting = True
+        for task in list(self.streams):
+            task.cancel()
 
     async def close(self) -> None:
         if self.state:

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from proxy.context import JSONReply, RequestContext, StreamReply
 from proxy.dispatch import check_chat_body
-from proxy.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from proxy.errors import GatewayError, InvalidRequest, PayloadTooLarge, Unavailable
 from proxy.sse import DONE, data_event
 
 log = structlog.get_logger("modelway")
@@ -167,6 +167,9 @@ async def write_stream(request: web.Request, ctx: RequestContext, reply: StreamR
     resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, "x-request-id": ctx.request_id,
                                                    **ctx.response_headers, **reply.headers})
     ctx.status = 200
+    streams = ctx.gateway.streams
+    task = asyncio.current_task()
+    streams.add(task)
     try:
         await resp.prepare(request)
         async for event in events:
@@ -177,8 +180,14 @@ async def write_stream(request: web.Request, ctx: RequestContext, reply: StreamR
     except (ConnectionResetError, ConnectionError):
         ctx.status, ctx.error_type, ctx.partial = 499, "client_disconnected", True
     except asyncio.CancelledError:
-        ctx.status, ctx.error_type, ctx.partial = 499, "client_disconnected", True
-        raise
+        if not (ctx.gateway.cutting and resp.prepared):
+            ctx.status, ctx.error_type, ctx.partial = 499, "client_disconnected", True
+            raise
+        asyncio.current_task().uncancel()    # cut at the drain deadline: end the stream cleanly
+        err = Unavailable("The gateway is shutting down; the stream was cut at the drain deadline.",
+                          code="server_shutting_down")
+        ctx.status, ctx.error_type, ctx.error_code, ctx.partial = err.status, err.type, err.code, True
+        await _write_quietly(resp, ctx, stream_error_events(ctx, err))
     except Exception as exc:   # the stream has started: end it with an error event, never a bare close
         err = exc if isinstance(exc, GatewayError) else GatewayError("The gateway hit an internal error mid-stream.")
         if not isinstance(exc, GatewayError):
@@ -189,6 +198,7 @@ async def write_stream(request: web.Request, ctx: RequestContext, reply: StreamR
         else:
             raise err
     finally:
+        streams.discard(task)
         aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()

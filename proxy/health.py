@@ -1,4 +1,6 @@
-"""Per-target cooldowns: a target that keeps failing is skipped for a while, then probed."""
+"""Per-target cooldowns: a target that keeps failing is skipped for a while, then probed.
+A target is keyed by (provider, upstream model), so each model behind a wildcard route
+cools down on its own."""
 from __future__ import annotations
 
 import time
@@ -11,21 +13,17 @@ class Health:
         self._failures: dict[tuple, int] = {}
         self._until: dict[tuple, float] = {}
 
-    @staticmethod
-    def _key(target) -> tuple:
-        return (target.provider, target.model)
-
     def cooling(self, target) -> bool:
-        until = self._until.get(self._key(target))
+        until = self._until.get(target)
         return until is not None and time.monotonic() < until
 
     def remaining(self, target) -> float:
-        until = self._until.get(self._key(target))
+        until = self._until.get(target)
         return max(0.0, until - time.monotonic()) if until else 0.0
 
     def failure(self, target, cooldown: float) -> bool:
         """Count a failure; True when the target starts cooling down."""
-        key = self._key(target)
+        key = target
         if key in self._until:          # it has cooled down before and not answered since:
             self._until[key] = time.monotonic() + cooldown     # the failed probe decides
             return True
@@ -39,10 +37,9 @@ class Health:
 
     def success(self, target) -> bool:
         """Forget failures; True when the target had been cooling down."""
-        key = (target.provider, target.model)
-        if key in self._failures or key in self._until:
-            self._failures.pop(key, None)
-            return self._until.pop(key, None) is not None
+        if target in self._failures or target in self._until:
+            self._failures.pop(target, None)
+            return self._until.pop(target, None) is not None
         return False
 
     def snapshot(self) -> dict[tuple, float]:

@@ -77,7 +77,10 @@ async def serve(config: Config, config_path: str | None, host: str, port: int, r
     gateway.draining = True
     if watcher:
         watcher.cancel()
+    drain = config.server.drain_seconds
+    cut = loop.call_later(drain - min(1.0, drain * 0.2), gateway.cut_streams)   # just before aiohttp gives up
     await runner.cleanup()   # stops listening, waits for in-flight requests (shutdown_timeout), closes
+    cut.cancel()
     log.info("stopped", pid=os.getpid())
     return 0
 

@@ -7,13 +7,13 @@ Behaviour is chosen by the upstream model name the gateway sends:
                       (429 adds Retry-After: 7)
   slow                waits `slow_seconds` before answering
   hang                never answers (for disconnect tests)
-  stream-hang         first chunk, then waits forever (for disconnect tests)
+  stream-hang         the role and first content chunks, then waits forever (for disconnect tests)
   stall               two chunks, then silence (idle timeout)
   broken              two chunks, then the connection is cut
-  midstream-error     one chunk, then an error event
+  midstream-error     the role chunk and one content chunk, then an error event
   malformed           200 with a body that is not JSON
   error-body          200 with an error object
-  gated               streams the first chunk, then waits for `gate` to be set (buffering tests)
+  gated               streams the role and first content chunks, then waits for `gate` to be set (buffering tests)
   smart-<anything>    answers from the request like a real model (see `smart_answer`): echo, tool
                       calls when tools are offered and asked for, JSON for response_format, usage
                       with reasoning and cached tokens; checks OpenAI's rules (tool messages answer
@@ -123,16 +123,16 @@ class FakeOpenAI:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
         await resp.prepare(request)
         for i, ev in enumerate(events):
-            if model == "gated" and i == 1:
+            if model == "gated" and i == 2:
                 await self.gate.wait()
-            if model == "stream-hang" and i == 1:
+            if model == "stream-hang" and i == 2:
                 await asyncio.sleep(3600)
             if model == "stall" and i == 2:
                 await asyncio.sleep(3600)
             if model == "broken" and i == 2:
                 request.transport.close()
                 return resp
-            if model == "midstream-error" and i == 1:
+            if model == "midstream-error" and i == 2:
                 await resp.write(b'data: {"error": {"message": "The server had an error", "type": "server_error"}}\n\n')
                 return resp
             await resp.write(ev)
