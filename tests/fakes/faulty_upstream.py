@@ -12,14 +12,20 @@ Behaviour is chosen by the upstream model name (`hits[model]` counts the request
   flaky<n>-<status>[-ra<s>]  the first <n> requests of this name fail like fail-, then ok
   reset-early             resets the connection (RST) without answering
   reset-body              headers + 100 of the promised 2000 body bytes, then RST
-  reset-stream            SSE role chunk + one content chunk, then RST
+  huge-json-<mb>          a valid completion whose content is <mb> MB long
+Streams; "first token" is the role chunk plus the first content chunk, so these faults come
+after the first content token reached the gateway (the client has seen bytes):
+  reset-stream            first token, then RST
+  error-after-content     first token, then an OpenAI error event
+  malformed-sse-json      first token, an event whose data is truncated JSON, then a clean end
+  endless                 first token, then a content chunk every 50 ms, forever
+  endless-comments        first token, then `: keep-alive` every 50 ms, forever
+  huge-event              first token, then one SSE event of 9 MB that never ends
+  gated                   first token, then waits for `gate` to be set, then the rest
+and these before it (a gateway that peeks the stream can still fall back):
   empty-stream            200 text/event-stream, then closes with no event at all
   malformed-sse           200 text/event-stream whose body is HTML, not SSE
-  malformed-sse-json      role chunk, an event whose data is truncated JSON, then a clean end
-  endless                 role chunk, then a content chunk every 50 ms, forever
-  endless-comments        role chunk, then `: keep-alive` every 50 ms, forever
-  huge-json-<mb>          a valid completion whose content is <mb> MB long
-  huge-event              role chunk, then one SSE event of 9 MB that never ends
+  reset-role              the role chunk only, then RST
 """
 from __future__ import annotations
 
@@ -72,6 +78,7 @@ class FaultyUpstream:
         self.hits: collections.Counter[str] = collections.Counter()
         self.bodies: list[dict] = []
         self.open = 0
+        self.gate = asyncio.Event()             # releases the `gated` streams
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.base_events.Server | None = None
         self.port = 0
@@ -168,9 +175,15 @@ class FaultyUpstream:
             return
         writer.write(chunk(model, {"role": "assistant", "content": ""}))
         await writer.drain()
-        if model == "reset-stream":
-            writer.write(chunk(model, {"content": CONTENT[0]}))
+        if model == "reset-role":
             return await _reset(writer)
+        writer.write(chunk(model, {"content": CONTENT[0]}))
+        await writer.drain()
+        if model == "reset-stream":
+            return await _reset(writer)
+        if model == "error-after-content":
+            writer.write(b'data: {"error": {"message": "The server had an error", "type": "server_error"}}\n\n')
+            return
         if model in ("endless", "endless-comments"):
             while not writer.is_closing():
                 writer.write(chunk(model, {"content": "x"}) if model == "endless" else b": keep-alive\n\n")
@@ -183,9 +196,11 @@ class FaultyUpstream:
                 writer.write(b"x" * 256 * 1024)
                 await writer.drain()
             return
-        for i, piece in enumerate(CONTENT):
-            if model == "malformed-sse-json" and i == 1:
-                writer.write(b'data: {"id": "chatcmpl-faulty", "choices": [{"index": 0, "delta": {"cont\n\n')
+        if model == "gated":
+            await self.gate.wait()
+        if model == "malformed-sse-json":
+            writer.write(b'data: {"id": "chatcmpl-faulty", "choices": [{"index": 0, "delta": {"cont\n\n')
+        for piece in CONTENT[1:]:
             writer.write(chunk(model, {"content": piece}))
         writer.write(chunk(model, {}, "stop"))
         if (body.get("stream_options") or {}).get("include_usage"):
@@ -193,8 +208,8 @@ class FaultyUpstream:
         writer.write(b"data: [DONE]\n\n")
 
 
-STREAM_ONLY = ("empty-stream", "malformed-sse", "reset-stream", "endless", "endless-comments", "huge-event",
-               "malformed-sse-json")
+STREAM_ONLY = ("empty-stream", "malformed-sse", "reset-role", "reset-stream", "error-after-content", "endless",
+               "endless-comments", "huge-event", "gated", "malformed-sse-json")
 
 
 async def _reset(writer: asyncio.StreamWriter) -> None:
