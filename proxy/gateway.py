@@ -52,6 +52,8 @@ class Gateway:
         self.draining = False
         self.cutting = False                    # the drain deadline is passing: end open streams
         self.streams: set[asyncio.Task] = set()  # handler tasks writing a stream right now
+        self._reload_lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task] = set()  # closing retired tables after a reload
 
     async def start(self) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
@@ -92,23 +94,27 @@ class Gateway:
         return State(config, RouteTable.build(config.models), providers, disabled, chain, endpoints, health)
 
     async def reload(self) -> bool:
-        """Re-read the config file; swap on success, keep the old table on any problem."""
-        try:
-            config = load_config(self.config_path)
-            state = await self._build(config, self.state)
-        except Exception as exc:  # ConfigError, MiddlewareBuildError, provider start failure
-            for line in str(exc).splitlines():
-                log.error("reload_failed", problem=line)
-            return False
-        old, self.state, self.config = self.state, state, config
-        for warning in config.warnings:
-            log.warning("config_warning", message=warning)
-        log.info("config_reloaded", version=config.version, models=len(config.models))
-        await self._close_unused(old, state)
-        return True
+        """Re-read the config file; swap on success, keep the old table on any problem. The
+        retired table's providers and middlewares are closed in the background once its
+        in-flight requests are done. Reloads never overlap."""
+        async with self._reload_lock:
+            try:
+                config = load_config(self.config_path)
+                state = await self._build(config, self.state)
+            except Exception as exc:  # ConfigError, MiddlewareBuildError, provider start failure
+                for line in str(exc).splitlines():
+                    log.error("reload_failed", problem=line, pid=os.getpid())
+                return False
+            old, self.state, self.config = self.state, state, config
+            for warning in config.warnings:
+                log.warning("config_warning", message=warning)
+            log.info("config_reloaded", version=config.version, models=len(config.models), pid=os.getpid())
+            task = asyncio.ensure_future(self._close_unused(old, state))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+            return True
 
     async def _close_unused(self, old: State, new: State) -> None:
-        import asyncio
         stale = [p for n, p in old.providers.items() if new.providers.get(n) is not p]
         deadline = time.monotonic() + self.config.server.drain_seconds
         while old.inflight and time.monotonic() < deadline:
@@ -145,6 +151,8 @@ class Gateway:
             task.cancel()
 
     async def close(self) -> None:
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         if self.state:
             await self.state.chain.close()
             for p in self.state.providers.values():

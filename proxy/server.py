@@ -42,7 +42,7 @@ async def serve(config: Config, config_path: str | None, host: str, port: int, r
         counters.close()
     gateway = Gateway(config, config_path)
     app = create_app(gateway)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, lingering_time=1.0,
                            shutdown_timeout=config.server.drain_seconds)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
@@ -64,7 +64,14 @@ async def serve(config: Config, config_path: str | None, host: str, port: int, r
         if notify:
             sd_notify("READY=1")
 
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
+    reloads: set[asyncio.Task] = set()
+
+    def on_hup() -> None:
+        task = asyncio.ensure_future(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     watcher = asyncio.ensure_future(_watch(gateway)) if config.server.watch_config and config_path else None
