@@ -20,6 +20,7 @@ from proxy.context import JSONReply, StreamReply, Usage
 from proxy.dispatch import resolve_route
 from proxy.errors import InvalidRequest
 from proxy.pipeline import Middleware
+from proxy.sse import split_events
 
 # fields that cannot change the answer's content
 IGNORED = frozenset(("stream", "stream_options", "cache", "preset", "model", "user", "metadata", "store",
@@ -78,12 +79,13 @@ class Cache(Middleware):
         assembler = Assembler()
         done = False
         try:
-            async for event in events:
-                if event.startswith(b"data: {"):
-                    assembler.feed(orjson.loads(event[6:]))
-                elif event.startswith(b"data: [DONE]"):
-                    done = True
-                yield event
+            async for item in events:
+                for event in split_events(item):
+                    if event.startswith(b"data: {"):
+                        assembler.feed(orjson.loads(event[6:]))
+                    elif event.startswith(b"data: [DONE]"):
+                        done = True
+                yield item
         finally:
             aclose = getattr(events, "aclose", None)
             if aclose is not None:

@@ -70,8 +70,9 @@ class JSONReply:
 
 @dataclass(slots=True)
 class StreamReply:
-    """An SSE response. `events` yields complete SSE event blocks (b"data: ...\\n\\n"), ending
-    with b"data: [DONE]\\n\\n". Middlewares that care about streams wrap `events`."""
+    """An SSE response. `events` yields bytes holding one or more complete SSE events
+    (b"data: ...\\n\\n"; proxy.sse.split_events takes an item apart), the last one
+    b"data: [DONE]\\n\\n". Middlewares that care about streams wrap `events`."""
     events: AsyncIterator[bytes]
     headers: dict[str, str] = field(default_factory=dict)
 

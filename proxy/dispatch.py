@@ -19,6 +19,7 @@ from proxy import capabilities
 from proxy.context import RequestContext, RouteMatch, StreamReply
 from proxy.errors import GatewayError, InvalidRequest, PermissionDenied, ProviderError, Unavailable
 from proxy.routing import resolve
+from proxy.sse import split_events
 
 GATEWAY_FIELDS = ("preset", "cache", "models")
 RETRYABLE_CODES = ("upstream_timeout", "upstream_unreachable", "upstream_broken", "upstream_malformed",
@@ -175,21 +176,27 @@ async def _peek(ctx: RequestContext, it) -> AsyncIterator[bytes]:
     return _replay(head, it)
 
 
-def carries_content(event: bytes) -> bool:
-    """True for an OpenAI chunk with text, tool calls, reasoning, a finish reason or usage."""
-    if not event.startswith(b"data: {"):
-        return event.startswith(b"data: [DONE]")
-    try:
-        chunk = orjson.loads(event[6:])
-    except orjson.JSONDecodeError:
-        return True
-    choices = chunk.get("choices")
-    if not choices:
-        return True
-    choice = choices[0]
-    delta = choice.get("delta") or {}
-    return bool(choice.get("finish_reason") or delta.get("content") or delta.get("tool_calls")
-                or delta.get("reasoning_content") or delta.get("reasoning_details") or delta.get("refusal"))
+def carries_content(item: bytes) -> bool:
+    """True when a stream item holds an OpenAI chunk with text, tool calls, reasoning, a finish
+    reason or usage (or the end of the stream)."""
+    for event in split_events(item):
+        if not event.startswith(b"data: {"):
+            if event.startswith(b"data: [DONE]"):
+                return True
+            continue
+        try:
+            chunk = orjson.loads(event[6:])
+        except orjson.JSONDecodeError:
+            return True
+        choices = chunk.get("choices")
+        if not choices:
+            return True
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        if (choice.get("finish_reason") or delta.get("content") or delta.get("tool_calls")
+                or delta.get("reasoning_content") or delta.get("reasoning_details") or delta.get("refusal")):
+            return True
+    return False
 
 
 async def _replay(head: list[bytes], rest) -> AsyncIterator[bytes]:

@@ -11,6 +11,7 @@ import orjson
 
 from proxy.context import JSONReply, RequestContext, StreamReply
 from proxy.inbound.messages import to_openai_request
+from proxy.sse import split_events
 from proxy.inbound.messages_response import MessagesStreamTranslator, encode_event, to_anthropic_message
 
 
@@ -37,12 +38,13 @@ def to_anthropic_reply(ctx: RequestContext, reply):
 
 async def _events(events, translator: MessagesStreamTranslator) -> AsyncIterator[bytes]:
     try:
-        async for event in events:
-            if event.startswith(b"data: {"):
-                for name, data in translator.feed(orjson.loads(event[6:])):
-                    yield encode_event(name, data)
-            elif event.startswith(b"data: [DONE]"):
-                break
+        async for item in events:
+            out = []
+            for event in split_events(item):
+                if event.startswith(b"data: {"):
+                    out.extend(encode_event(name, data) for name, data in translator.feed(orjson.loads(event[6:])))
+            if out:
+                yield b"".join(out)
         for name, data in translator.finish():
             yield encode_event(name, data)
     finally:

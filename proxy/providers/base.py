@@ -6,8 +6,8 @@ proxy.errors.from_upstream), mapped here at the boundary, never later.
 
 Streams: `chat` returns only once the upstream has answered with a success status, so a
 failure before the first byte is a real HTTP status. The returned StreamReply yields
-OpenAI-format SSE event blocks; the provider keeps `ctx.usage` up to date (it always asks
-the upstream for usage) and forwards the usage chunk only when `ctx.include_usage`.
+OpenAI-format SSE events (an item may hold several: all that one upstream read brought);
+the provider keeps `ctx.usage` up to date (it always asks the upstream for usage) and forwards the usage chunk only when `ctx.include_usage`.
 """
 from __future__ import annotations
 

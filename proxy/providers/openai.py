@@ -16,7 +16,7 @@ import orjson
 from proxy.context import JSONReply, StreamReply, Usage
 from proxy.errors import GatewayError, ProviderError, from_upstream
 from proxy.providers.base import Provider
-from proxy.sse import DONE, data_event, iter_events
+from proxy.sse import DONE, data_event, iter_batches
 
 _ALL = {"vision": True, "tools": True, "structured_outputs": True, "reasoning": True,
         "prompt_caching": True, "pdf": True, "audio": True}
@@ -107,29 +107,39 @@ class OpenAIProvider(Provider):
         return data
 
     async def _stream(self, ctx, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        """Forward the events of each upstream read as one item, as received."""
         finished = False
         try:
-            async for ev in iter_events(_chunks(resp.content, self.config.timeouts.idle)):
-                data = ev.data
-                if not data:
-                    continue
-                if data == b"[DONE]":
-                    finished = True
-                    break
-                if data[:1] != b"{" or data.rstrip()[-1:] != b"}":     # truncated or not JSON at all
-                    raise ProviderError(f"provider {self.name!r} sent a malformed stream event",
-                                        code="upstream_malformed")
-                if data[:9] == b'{"error":' or data[:10] == b'{"error": ':
-                    raise ProviderError(f"provider {self.name!r} failed mid-stream: {error_message(data)}",
-                                        code="upstream_stream_error")
-                if b'"usage":{' in data or b'"usage": {' in data:
-                    out = self._usage_event(ctx, data)
-                    if out is not None:
-                        yield out
-                    continue
-                if b'"finish_reason":"' in data or b'"finish_reason": "' in data:
-                    finished = True
-                yield ev.raw
+            async for batch in iter_batches(_chunks(resp.content, self.config.timeouts.idle)):
+                out = []
+                done = False
+                failure = None
+                for ev in batch:
+                    data = ev.data
+                    if not data:
+                        continue
+                    if data == b"[DONE]":
+                        done = True
+                        break
+                    failure = self._bad_event(data)
+                    if failure is not None:     # what came before it still goes out first
+                        break
+                    if b'"usage":{' in data or b'"usage": {' in data:
+                        usage_event = self._usage_event(ctx, data)
+                        if usage_event is not None:
+                            out.append(usage_event)
+                        continue
+                    if b'"finish_reason":"' in data or b'"finish_reason": "' in data:
+                        finished = True
+                    out.append(ev.raw)
+                if done:
+                    out.append(DONE)
+                if out:
+                    yield out[0] if len(out) == 1 else b"".join(out)
+                if failure is not None:
+                    raise failure
+                if done:
+                    return
             if not finished:
                 raise ProviderError(f"provider {self.name!r} closed the stream early", code="upstream_broken")
             yield DONE
@@ -138,6 +148,14 @@ class OpenAIProvider(Provider):
             raise ProviderError(f"provider {self.name!r} {what}", code="upstream_broken") from exc
         finally:
             resp.close()
+
+    def _bad_event(self, data: bytes) -> ProviderError | None:
+        if data[:1] != b"{" or data.rstrip()[-1:] != b"}":     # truncated or not JSON at all
+            return ProviderError(f"provider {self.name!r} sent a malformed stream event", code="upstream_malformed")
+        if data[:9] == b'{"error":' or data[:10] == b'{"error": ':
+            return ProviderError(f"provider {self.name!r} failed mid-stream: {error_message(data)}",
+                                 code="upstream_stream_error")
+        return None
 
     def _usage_event(self, ctx, data: bytes) -> bytes | None:
         chunk = orjson.loads(data)
