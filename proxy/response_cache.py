@@ -26,8 +26,9 @@ class ResponseCache:
     def __init__(self, directory: str, size_limit_mb: float, *, poll_seconds: float = 0.5,
                  flush_seconds: float = 0.05):
         os.makedirs(directory, exist_ok=True)
+        # cull_limit=0: no eviction work inside every set; the writer culls once per batch instead
         self.store = diskcache.Cache(directory, size_limit=int(size_limit_mb * 1024 * 1024),
-                                     eviction_policy="least-recently-stored")
+                                     eviction_policy="least-recently-stored", cull_limit=0)
         self.db_file = os.path.join(directory, diskcache.core.DBNAME)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache")
         self.poll_seconds = poll_seconds
@@ -86,6 +87,7 @@ class ResponseCache:
         with self.store.transact():
             for key, (value, ttl) in batch.items():
                 self.store.set(key, value, expire=ttl)
+        self.store.cull()     # expired entries, then the least recently stored over size_limit
 
     async def _scan(self) -> None:
         try:
