@@ -6,8 +6,19 @@ import orjson
 from proxy.config import Config
 
 
+def cooling_targets(config: Config) -> set[tuple[str, str]]:
+    """(provider, upstream model) pairs a running gateway on this data_dir is skipping now."""
+    from proxy.store.metrics import live_gauge
+    try:
+        gauge = live_gauge(config.server.data_dir, "modelway_target_cooldown")
+    except OSError:
+        return set()
+    return {(dict(k).get("provider"), dict(k).get("model")) for k, v in gauge.items() if v}
+
+
 def rows(config: Config) -> list[dict]:
     out = []
+    cooling = cooling_targets(config)
     for name, route in config.models.items():
         for i, t in enumerate(route.targets):
             pc = config.providers[t.provider]
@@ -17,6 +28,8 @@ def rows(config: Config) -> list[dict]:
                 status = f"key set ({pc.api_key_env})" if pc.api_key_env else "key set"
             else:
                 status = "no key needed" if pc.type in ("mock", "openai") else "no key"
+            if (t.provider, t.model or name) in cooling:
+                status += "; cooling down"
             out.append({"model": name, "strategy": route.strategy if len(route.targets) > 1 else "-",
                         "target": i, "provider": t.provider, "type": pc.type,
                         "upstream_model": t.model or ("<rest of name>" if route.wildcard else name),

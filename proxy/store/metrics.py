@@ -352,3 +352,15 @@ def _render(merged: dict) -> str:
         for pairs, value in sorted(merged["gauges"][name].items()):
             lines.append(f"{name}{_labels(pairs)} {_num(value)}")
     return "\n".join(lines) + "\n"
+
+
+def live_gauge(data_dir: str | Path, name: str) -> dict[tuple, float]:
+    """A gauge as the running workers last wrote it: {(label pairs...): max value} (for the CLI)."""
+    out: dict[tuple, float] = {}
+    for snap, alive in _read_others(Path(data_dir) / "metrics", own_pid=-1):
+        if not alive:
+            continue
+        for labels, value in ((snap.get("gauges") or {}).get(name) or {}).get("samples", []):
+            key = tuple(tuple(pair) for pair in labels)
+            out[key] = max(value, out.get(key, value))
+    return out
