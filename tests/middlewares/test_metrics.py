@@ -83,7 +83,10 @@ async def test_two_worker_processes_sharing_the_data_dir_add_up(make_gateway, ht
             seen = [totals(await scrape(http, here.url)), totals(await scrape(http, other.url))]
             return seen if seen == [(3, 2), (3, 2)] else None
         await eventually(both_add_up, timeout=4, interval=0.1, what="both workers' metrics adding up")
-        _, _, activity = await call(http, "GET", here.url + "/v1/account/activity", OPS)
-        assert sorted(r["model"] for r in activity["data"]) == ["mock-echo"] * 3 + ["mock-lazy"] * 2
+        async def all_rows():      # the other worker's ledger flushes on its own 0.25 s beat
+            _, _, activity = await call(http, "GET", here.url + "/v1/account/activity", OPS)
+            models = sorted(r["model"] for r in activity["data"])
+            return models if models == ["mock-echo"] * 3 + ["mock-lazy"] * 2 else None
+        await eventually(all_rows, timeout=4, interval=0.1, what="both workers' ledger rows")
     finally:
         await asyncio.to_thread(other.terminate)
