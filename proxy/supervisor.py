@@ -14,6 +14,8 @@ import structlog
 from proxy.server import sd_notify
 
 log = structlog.get_logger("modelway")
+CRASH_WINDOW = 5.0       # seconds: a worker dying sooner than this after its start counts as a crash
+CRASH_LOOP_LIMIT = 5     # that many in a row and the supervisor gives up (exit 1) instead of spinning
 
 
 def _wait_listening(host: str, port: int, timeout: float = 30.0) -> bool:
@@ -36,11 +38,14 @@ def supervise(argv: list[str], workers: int, host: str, port: int, drain_seconds
     counters.close()
     cmd = [sys.executable, "-m", "proxy.cli", *argv, "--workers", "1", "--reuse-port", "--no-notify"]
     children: dict[int, subprocess.Popen] = {}
+    started: dict[int, float] = {}
     stopping = False
+    quick_deaths = 0      # workers that died right after starting, in a row: a crash loop
 
     def spawn() -> None:
         p = subprocess.Popen(cmd)
         children[p.pid] = p
+        started[p.pid] = time.monotonic()
         log.info("worker_started", pid=p.pid)
 
     def forward(signum, _frame) -> None:
@@ -63,6 +68,7 @@ def supervise(argv: list[str], workers: int, host: str, port: int, drain_seconds
     if _wait_listening(host, port):
         sd_notify(f"READY=1\nMAINPID={os.getpid()}")
     deadline = None
+    exit_code = 0
     while children:
         time.sleep(0.2)
         for pid, p in list(children.items()):
@@ -72,6 +78,12 @@ def supervise(argv: list[str], workers: int, host: str, port: int, drain_seconds
             del children[pid]
             if not stopping:
                 log.error("worker_died", pid=pid, exit_code=code)
+                quick_deaths = quick_deaths + 1 if time.monotonic() - started.pop(pid) < CRASH_WINDOW else 0
+                if quick_deaths >= CRASH_LOOP_LIMIT:
+                    log.error("workers_crash_looping", deaths=quick_deaths)
+                    forward(signal.SIGTERM, None)
+                    exit_code = 1
+                    continue
                 time.sleep(0.5)
                 spawn()
         if stopping:
@@ -79,4 +91,4 @@ def supervise(argv: list[str], workers: int, host: str, port: int, drain_seconds
             if time.monotonic() > deadline:
                 for p in children.values():
                     p.kill()
-    return 0
+    return exit_code

@@ -134,3 +134,14 @@ def test_serve_on_a_taken_port_says_so_and_exits_1(tmp_path):
     assert "Traceback" not in r.stdout + r.stderr
     errors = [orjson.loads(ln) for ln in r.stdout.splitlines() if b"cannot_listen" in ln.encode()]
     assert errors and errors[0]["port"] == port and "in use" in errors[0]["error"]
+
+
+def test_workers_that_cannot_start_end_the_supervisor_instead_of_a_crash_loop(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = modelway("serve", "--config", str(BUNDLED), "--port", str(port), "--workers", "2",
+                     cwd=tmp_path, timeout=60)
+    assert r.returncode == 1
+    assert "workers_crash_looping" in r.stdout
