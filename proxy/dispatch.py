@@ -104,7 +104,8 @@ async def dispatch(ctx: RequestContext):
             if reason:
                 last = last or Unavailable(f"Model '{match.public_model}' is unavailable: provider "
                                            f"'{target.provider}' is disabled ({reason}).", param="model",
-                                           code="provider_not_configured")
+                                           code="provider_not_configured",
+                                           tip="Set the variable in the gateway's environment, then reload it.")
                 continue
             upstream_model = match.upstream_model(target)
             hkey = (target.provider, upstream_model)
