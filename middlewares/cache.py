@@ -9,7 +9,6 @@ answers are never stored.
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from typing import AsyncIterator
 

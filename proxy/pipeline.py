@@ -15,7 +15,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 if TYPE_CHECKING:
-    from proxy.config import MiddlewareSpec
     from proxy.context import Reply, RequestContext
 
 Handler = Callable[["RequestContext"], Awaitable["Reply"]]
