@@ -1,5 +1,3 @@
-import openai
-import pytest
 
 CONFIG = """
 middlewares: [access_log]

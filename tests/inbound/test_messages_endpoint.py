@@ -1,4 +1,4 @@
-import anthropic, asyncio
+import anthropic
 CONFIG = """
 middlewares: [access_log]
 providers:
