@@ -18,9 +18,9 @@ CRASH_WINDOW = 5.0       # seconds: a worker dying sooner than this after its st
 CRASH_LOOP_LIMIT = 5     # that many in a row and the supervisor gives up (exit 1) instead of spinning
 
 
-def _wait_listening(host: str, port: int, timeout: float = 30.0) -> bool:
+def _wait_listening(host: str, port: int, give_up, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not give_up():
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return True
@@ -65,7 +65,7 @@ def supervise(argv: list[str], workers: int, host: str, port: int, drain_seconds
         signal.signal(sig, forward)
     for _ in range(workers):
         spawn()
-    if _wait_listening(host, port):
+    if _wait_listening(host, port, give_up=lambda: stopping):
         sd_notify(f"READY=1\nMAINPID={os.getpid()}")
     deadline = None
     exit_code = 0
