@@ -177,13 +177,13 @@ async def write_stream(request: web.Request, ctx: RequestContext, reply: StreamR
                 ctx.mark_first_token()
             await resp.write(event)
         await resp.write_eof()
-    except (ConnectionResetError, ConnectionError):
+    except ConnectionError:          # the client went away
         ctx.status, ctx.error_type, ctx.partial = 499, "client_disconnected", True
     except asyncio.CancelledError:
         if not (ctx.gateway.cutting and resp.prepared):
             ctx.status, ctx.error_type, ctx.partial = 499, "client_disconnected", True
             raise
-        asyncio.current_task().uncancel()    # cut at the drain deadline: end the stream cleanly
+        task.uncancel()    # cut at the drain deadline: end the stream cleanly
         err = Unavailable("The gateway is shutting down; the stream was cut at the drain deadline.",
                           code="server_shutting_down")
         ctx.status, ctx.error_type, ctx.error_code, ctx.partial = err.status, err.type, err.code, True
@@ -215,5 +215,5 @@ async def _write_quietly(resp: web.StreamResponse, ctx: RequestContext, data: by
     try:
         await resp.write(data)
         await resp.write_eof()
-    except (ConnectionResetError, ConnectionError):
+    except ConnectionError:          # the client went away
         ctx.error_type = "client_disconnected"
