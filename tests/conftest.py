@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import textwrap
 
+import aiohttp
 import openai
 import pytest
 from aiohttp import web
@@ -10,6 +11,7 @@ from aiohttp import web
 from proxy.app import create_app
 from proxy.config import parse_config
 from proxy.gateway import Gateway
+from tests.fakes.faulty_upstream import FaultyUpstream
 from tests.fakes.openai_upstream import FakeOpenAI, start
 
 
@@ -20,6 +22,21 @@ async def fake_openai():
     fake.url = url
     yield fake
     await runner.cleanup()
+
+
+@pytest.fixture
+async def faulty():
+    """The raw fake upstream (tests/fakes/faulty_upstream.py) for what aiohttp cannot fake."""
+    upstream = await FaultyUpstream().start()
+    yield upstream
+    await upstream.stop()
+
+
+@pytest.fixture
+async def http():
+    """A plain aiohttp session, for exact bytes and headers."""
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 
-import aiohttp
 import pytest
 import structlog
 
@@ -15,13 +14,6 @@ from tests.core.helpers import UPSTREAM_KEY, LogLines, gateway_config
 async def gw(fake_openai, make_gateway):
     """The standard gateway over the fake upstream, provider key set."""
     return await make_gateway(gateway_config(fake_openai.url), env={"UP_KEY": UPSTREAM_KEY})
-
-
-@pytest.fixture
-async def http():
-    """A plain aiohttp session, for exact bytes and headers."""
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.fakes.faulty_upstream import FaultyUpstream, closed_port
+from tests.fakes.faulty_upstream import closed_port
 
 CHAT = "/v1/chat/completions"
 
@@ -206,13 +206,6 @@ async def settle(measure, rounds: int = 40) -> int:
         if same >= 3:
             break
     return last
-
-
-@pytest.fixture
-async def faulty():
-    upstream = await FaultyUpstream().start()
-    yield upstream
-    await upstream.stop()
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """Fixtures of the middleware tests (helpers in tests/middlewares/helpers.py)."""
 from __future__ import annotations
 
-import aiohttp
 import pytest
 
 from tests.fakes.openai_upstream import start
@@ -24,10 +23,6 @@ def data_dir(tmp_path):
     return tmp_path / "var"
 
 
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture

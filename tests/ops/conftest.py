@@ -16,7 +16,6 @@ import orjson
 import pytest
 
 from tests.cli.procs import Server, clean_env, pid_alive  # noqa: F401  (re-exported for the tests)
-from tests.fakes.faulty_upstream import FaultyUpstream
 
 CHAT = "/v1/chat/completions"
 
@@ -124,15 +123,6 @@ def start_server(tmp_path):
             if pid_alive(e["pid"]):
                 os.kill(e["pid"], 9)
         s.close()
-
-
-@pytest.fixture
-async def faulty():
-    """The raw fake upstream (tests/fakes/faulty_upstream.py); its `gated` stream sends a first
-    content token then waits for `faulty.gate`."""
-    upstream = await FaultyUpstream().start()
-    yield upstream
-    await upstream.stop()
 
 
 @pytest.fixture
