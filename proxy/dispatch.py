@@ -155,7 +155,7 @@ def _gauge(ctx: RequestContext, hkey: tuple, value: int) -> None:
 async def _call(ctx: RequestContext, provider, body: dict):
     if ctx.endpoint == "embeddings":
         return await provider.embeddings(ctx, body)
-    reply = await provider.chat(ctx, dict(body))
+    reply = await provider.chat(ctx, body)     # body is this target's own copy (upstream_body)
     if isinstance(reply, StreamReply):
         reply.events = await _peek(ctx, reply.events.__aiter__())
     return reply
