@@ -85,7 +85,9 @@ class RateLimit(Middleware):
         if ctx.extra.get("concurrency_held"):
             self.gateway.counters.release(key.id)
         if ctx.cost:
-            self.gateway.counters.add_spend(key.id, ctx.cost)
+            # a key with a daily limit has its spend in the shared counters at once; for the
+            # others nothing reads it before the next flush (a limit set later still sees it)
+            self.gateway.counters.add_spend(key.id, ctx.cost, defer=key.daily_limit is None)
             if key.id in self.static_balances:
                 self.static_local[key.id] = self.static_local.get(key.id, 0.0) + ctx.cost
                 self.static_spent[key.id] = self.static_spent.get(key.id, 0.0) + ctx.cost

@@ -54,6 +54,7 @@ class Gateway:
         self.streams: set[asyncio.Task] = set()  # handler tasks writing a stream right now
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task] = set()  # closing retired tables after a reload
+        self._spend_flusher: asyncio.Task | None = None
 
     async def start(self) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
@@ -142,6 +143,14 @@ class Gateway:
         await self.ledger.start()
         await self.keys.start()
         await self.metrics.start()
+        self._spend_flusher = asyncio.ensure_future(self._flush_spend())
+
+    async def _flush_spend(self) -> None:
+        """This worker's spend reaches the shared counters (other workers' budget checks)."""
+        from proxy.store.counters import SPEND_FLUSH_SECONDS
+        while True:
+            await asyncio.sleep(SPEND_FLUSH_SECONDS)
+            self.counters.flush_spend()
 
     def cut_streams(self) -> None:
         """At the drain deadline: make every open stream end with an error event and [DONE]
@@ -151,6 +160,7 @@ class Gateway:
             task.cancel()
 
     async def close(self) -> None:
+        from proxy.store.db import stop_task
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         if self.state:
@@ -161,5 +171,6 @@ class Gateway:
         await self.ledger.close()          # flushes every queued ledger row
         await self.metrics.close()
         await self.response_cache.close()
-        self.counters.close()
+        await stop_task(self._spend_flusher)
+        self.counters.close()             # flushes this process's pending spend
         await self.db.aclose()

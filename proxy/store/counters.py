@@ -9,7 +9,10 @@ table full is let through and logged once). Each slot holds:
     UTC day number, spend today in micro-USD | requests in flight
 
 Every read-modify-write holds an exclusive `fcntl.lockf` byte-range lock on that slot, so
-processes never lose updates; a process-local mutex covers threads of one process.
+processes never lose updates; a process-local mutex covers threads of one process. Spend of
+a key without a daily limit (nothing reads it until a limit is set) may be deferred: the
+process adds it up in memory and moves it into the file every SPEND_FLUSH_SECONDS
+(`flush_spend`), one lock per key instead of one per request.
 
 Requests per minute use a sliding-window estimate, `prev * (1 - elapsed_fraction) + cur`: a
 burst cannot pass the limit twice across a minute boundary.
@@ -44,6 +47,7 @@ HEADER_SIZE = 64
 SLOT = struct.Struct("<QqIIqqi")        # hash, minute, cur, prev, day, spend_micro, inflight
 SLOT_SIZE = 64
 DEFAULT_SLOTS = 4096
+SPEND_FLUSH_SECONDS = 0.25
 
 T = TypeVar("T")
 
@@ -69,13 +73,14 @@ def _retry_after(limit: int, cur: int, prev: int, now: float) -> int:
 
 class SharedCounters:
     """Cross-process per-key counters in an mmap'd file. All methods are sync and cheap (two
-    fcntl calls and a struct pack); call them from the event loop directly."""
+    fcntl calls and a struct pack, or none); call them from the event loop directly."""
 
     def __init__(self, path: str | Path, slots: int = DEFAULT_SLOTS) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        self._mutex = threading.Lock()
+        self._mutex = threading.RLock()
+        self._spend: dict[tuple[str, int], int] = {}   # (key id, UTC day) -> micro-USD not yet in the file
         self._index: dict[str, int] = {}     # key_id -> byte offset of its slot
         self._held: dict[str, int] = {}      # in-flight counts this process acquired
         self._full_warned = False
@@ -152,41 +157,60 @@ class SharedCounters:
         Returns (allowed, remaining requests, seconds until reset/retry)."""
         now = time.time() if now is None else now
         minute = int(now // 60)
-        frac = (now % 60) / 60
-
-        def step(f: list) -> tuple[bool, int, int]:
-            if f[1] != minute:
-                f[3] = f[2] if f[1] == minute - 1 else 0
-                f[2] = 0
-                f[1] = minute
-            cur, prev = f[2], f[3]
-            estimate = prev * (1 - frac) + cur
-            if estimate + 1 > limit:
-                return False, 0, _retry_after(limit, cur, prev, now)
-            f[2] = cur + 1
-            remaining = max(0, math.floor(limit - estimate - 1))
-            return True, remaining, max(1, math.ceil(60 - now % 60))
-
-        result = self._update(key_id, step)
-        return result if result is not None else (True, limit, 60)
+        with self._mutex:
+            off = self._find(key_id)
+            if off is None:
+                return True, limit, 60
+            self._lock(off)
+            try:
+                h, last, cur, prev, day, spend, inflight = SLOT.unpack_from(self._mm, off)
+                if last != minute:
+                    prev, cur = (cur if last == minute - 1 else 0), 0
+                estimate = prev * (1 - (now % 60) / 60) + cur
+                allowed = estimate + 1 <= limit
+                SLOT.pack_into(self._mm, off, h, minute, cur + allowed, prev, day, spend, inflight)
+            finally:
+                self._unlock(off)
+        if not allowed:
+            return False, 0, _retry_after(limit, cur, prev, now)
+        return True, max(0, math.floor(limit - estimate - 1)), max(1, math.ceil(60 - now % 60))
 
     # --- spend per UTC day -----------------------------------------------------------------
-    def add_spend(self, key_id: str, usd: float, now: float | None = None) -> None:
+    def add_spend(self, key_id: str, usd: float, now: float | None = None, *, defer: bool = False) -> None:
+        """Add to the key's spend today, in the shared slot at once, or with `defer` in this
+        process's memory: counted here at once (`spend_today`), moved into the file by the next
+        `flush_spend()` (the gateway calls it every SPEND_FLUSH_SECONDS, and `close()` does)."""
         day = int((time.time() if now is None else now) // 86400)
         micro = round(usd * 1_000_000)
+        with self._mutex:
+            if defer:
+                self._spend[key_id, day] = self._spend.get((key_id, day), 0) + micro
+            else:
+                self._add_spend(key_id, day, micro)
 
+    def _add_spend(self, key_id: str, day: int, micro: int) -> None:
         def step(f: list) -> None:
-            if f[4] != day:
+            if f[4] < day:
                 f[4], f[5] = day, 0
-            f[5] += micro
+            if f[4] == day:        # spend of a day that is already over is dropped
+                f[5] += micro
 
         self._update(key_id, step)
 
+    def flush_spend(self) -> None:
+        """Move this process's pending spend into the shared slots."""
+        with self._mutex:
+            pending, self._spend = self._spend, {}
+            for (key_id, day), micro in pending.items():
+                self._add_spend(key_id, day, micro)
+
     def spend_today(self, key_id: str, now: float | None = None) -> float:
-        """USD added today (UTC) for the key; 0.0 for an unknown key."""
+        """USD spent today (UTC) by the key in every process; 0.0 for an unknown key."""
         day = int((time.time() if now is None else now) // 86400)
-        micro = self._update(key_id, lambda f: f[5] if f[4] == day else 0)
-        return (micro or 0) / 1_000_000
+        with self._mutex:
+            micro = self._update(key_id, lambda f: f[5] if f[4] == day else 0) or 0
+            micro += self._spend.get((key_id, day), 0)
+        return micro / 1_000_000
 
     # --- requests in flight ----------------------------------------------------------------
     def acquire(self, key_id: str, max_concurrent: int) -> bool:
@@ -237,6 +261,7 @@ class SharedCounters:
         """Release in-flight counts this process still holds, then unmap. Idempotent."""
         if self._fd < 0:
             return
+        self.flush_spend()
         for key_id, n in list(self._held.items()):
             for _ in range(n):
                 self.release(key_id)
