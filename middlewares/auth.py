@@ -48,9 +48,9 @@ class Auth(Middleware):
         self.gateway = gateway
         self.static = static_identities(config)
 
-    async def handle(self, ctx, call_next):
+    def before(self, ctx) -> None:
         if ctx.state.config.auth_mode == "none":
-            return await call_next(ctx)
+            return
         secret = presented_secret(ctx.request)
         if secret is None:
             raise AuthenticationError("Missing API key. Send it as 'Authorization: Bearer <key>'.",
@@ -74,7 +74,6 @@ class Auth(Middleware):
                 raise AuthenticationError("This API key has expired.", code="key_expired")
             identity = managed_identity(record)
         ctx.key = identity
-        return await call_next(ctx)
 
 
 def auth(gateway, config) -> Auth:

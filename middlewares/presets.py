@@ -29,14 +29,13 @@ def parse_reference(model: str | None, field: str | None) -> tuple[str, str | No
 class Presets(Middleware):
     name = "presets"
 
-    async def handle(self, ctx, call_next):
+    def before(self, ctx) -> None:
         if ctx.body is not None and ctx.endpoint in ("chat", "messages"):
             ref = parse_reference(ctx.body.get("model"), ctx.body.get("preset"))
             if ref is not None:
                 apply(ctx, *ref)
             elif "preset" in ctx.body:
                 raise InvalidRequest("'preset' must be a non-empty string naming a preset.", param="preset")
-        return await call_next(ctx)
 
 
 def apply(ctx, name: str, override: str | None) -> None:

@@ -37,12 +37,12 @@ class RateLimit(Middleware):
         self.static_local: dict[str, float] = {}   # this process's spend, ever (to bridge refreshes)
         self._refresher: asyncio.Task | None = None
 
-    async def handle(self, ctx, call_next):
+    def before(self, ctx) -> None:
         key = ctx.key
         if key is None or key.management or ctx.endpoint not in INFERENCE:
             # /v1/models and /v1/account/* neither use up nor are refused by a key's limits:
             # a limited key can always check its balance and activity
-            return await call_next(ctx)
+            return
         counters = self.gateway.counters
         if key.minute_limit is not None:
             allowed, remaining, reset = counters.hit(key.id, key.minute_limit)
@@ -60,7 +60,6 @@ class RateLimit(Middleware):
                 raise RateLimited(f"Too many concurrent requests for this key (max {key.max_concurrent}).",
                                   code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
             ctx.extra["concurrency_held"] = True
-        return await call_next(ctx)
 
     def _check_spend(self, key, counters) -> None:
         if key.daily_limit is not None:

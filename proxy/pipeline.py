@@ -1,9 +1,12 @@
 """The middleware contract and the chain built from the `middlewares:` list.
 
 A middleware factory `factory(gateway, config, **options)` takes the Gateway, the Config being
-built and keyword-only options (checked at build time) and returns a `Middleware`. `handle(ctx, call_next)` wraps the rest of the chain and may
-short-circuit it (auth, rate limits, cache hits) or wrap a StreamReply's `events` iterator
-(cache, accounting). `finish(ctx)` observes the completed request exactly once — after the
+built and keyword-only options (checked at build time) and returns a `Middleware`.
+`before(ctx)` is a synchronous check or rewrite that runs before the rest of the chain and
+refuses the request by raising an APIError (auth, rate limits, presets); consecutive `before`
+hooks run in one loop, without a coroutine layer each. `handle(ctx, call_next)` wraps the rest
+of the chain and may short-circuit it (cache hits) or wrap a StreamReply's `events` iterator
+(cache). A middleware defines `before` or `handle`. `finish(ctx)` observes the completed request exactly once — after the
 last byte, an error or a client disconnect — wherever the middleware sits in the list, so
 observers (access log, ledger, metrics) see every request, including those an earlier
 middleware refused.
@@ -31,6 +34,9 @@ BUILTINS = {
 
 class Middleware:
     name = "middleware"
+
+    def before(self, ctx: "RequestContext") -> None:
+        """Check or rewrite the request before the rest of the chain; raise to refuse it."""
 
     async def handle(self, ctx: "RequestContext", call_next: Handler) -> "Reply":
         return await call_next(ctx)
@@ -74,14 +80,17 @@ class Chain:
 
     def __init__(self, middlewares: list[Middleware]):
         self.middlewares = tuple(middlewares)
-        self.wrappers = tuple(m for m in middlewares if type(m).handle is not Middleware.handle)
         self.finishers = tuple(m.finish for m in middlewares if type(m).finish is not Middleware.finish)
 
     def wrap(self, endpoint: Handler) -> Handler:
-        handler = endpoint
-        for mw in reversed(self.wrappers):
-            handler = partial(mw.handle, call_next=handler)
-        return handler
+        handler, befores = endpoint, []
+        for mw in reversed(self.middlewares):
+            if type(mw).handle is not Middleware.handle:
+                handler = partial(mw.handle, call_next=_with_befores(befores, handler))
+                befores = []
+            elif type(mw).before is not Middleware.before:
+                befores.insert(0, mw.before)
+        return _with_befores(befores, handler)
 
     async def close(self) -> None:
         for mw in self.middlewares:
@@ -94,3 +103,15 @@ class Chain:
             except Exception:  # an observer must never break the response
                 import structlog
                 structlog.get_logger("modelway").exception("middleware_finish_failed")
+
+
+def _with_befores(befores: list, handler: Handler) -> Handler:
+    if not befores:
+        return handler
+    hooks = tuple(befores)
+
+    async def run(ctx: "RequestContext") -> "Reply":
+        for hook in hooks:
+            hook(ctx)
+        return await handler(ctx)
+    return run

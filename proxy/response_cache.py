@@ -9,9 +9,9 @@ Writes: batched; every `flush_seconds` one thread job writes the pending entries
 transaction. Until then they are served from memory (read-your-writes). An entry small enough
 for diskcache to keep inside its database (under `disk_min_file_size`, 32 KB: nearly every
 chat answer) is written as a row of diskcache's own `Cache` table, exactly the row
-`Cache.set(key, value, expire=ttl)` would write, with one multi-row INSERT per batch: one
-SQLite statement instead of a SELECT and an INSERT per entry, and one GIL hand-off instead of
-dozens. Larger entries go through `Cache.set`. Reads, expiry and eviction stay diskcache's.
+`Cache.set(key, value, expire=ttl)` would write, 32 rows per INSERT statement: a fraction of
+the SQL work and GIL hand-offs of a SELECT and an INSERT per entry. Larger entries go through
+`Cache.set`. Reads, expiry and eviction stay diskcache's.
 """
 from __future__ import annotations
 
@@ -24,18 +24,20 @@ from concurrent.futures import ThreadPoolExecutor
 import diskcache
 import structlog
 
+from proxy.store.db import insert_rows, transaction
+
 log = structlog.get_logger(__name__)
 MAX_BACKLOG = 5000   # entries waiting for their batch write
-ROWS_PER_STATEMENT = 500   # 5 parameters a row, well under SQLite's 32766
 # diskcache 5's row for a str key (raw = 1) and a bytes value kept in the database
 # (size 0, mode MODE_RAW, no file, never accessed). On a conflict (another worker stored the
 # same key meanwhile) the newer answer wins, unless that row's value lives in a file, which
 # an UPDATE here would orphan; then the other worker's answer stays.
 _ROW = "(?, 1, ?, ?, ?, 0, NULL, 0, 1, NULL, ?)"
-_UPSERT = ("INSERT INTO Cache (key, raw, store_time, expire_time, access_time, access_count, tag, size,"
-           " mode, filename, value) VALUES {rows} ON CONFLICT (key, raw) DO UPDATE SET"
-           " store_time = excluded.store_time, expire_time = excluded.expire_time,"
-           " access_time = excluded.access_time, value = excluded.value WHERE Cache.filename IS NULL")
+_INSERT = ("INSERT INTO Cache (key, raw, store_time, expire_time, access_time, access_count, tag, size,"
+           " mode, filename, value) VALUES ")
+_UPSERT = (" ON CONFLICT (key, raw) DO UPDATE SET store_time = excluded.store_time,"
+           " expire_time = excluded.expire_time, access_time = excluded.access_time,"
+           " value = excluded.value WHERE Cache.filename IS NULL")
 
 
 class ResponseCache:
@@ -47,7 +49,7 @@ class ResponseCache:
                                      eviction_policy="least-recently-stored", cull_limit=0)
         self.db_file = os.path.join(directory, diskcache.core.DBNAME)
         self.inline_limit = self.store.disk.min_file_size
-        self._writer: sqlite3.Connection | None = None   # used only in the executor thread
+        self._conn: sqlite3.Connection | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache")
         self.poll_seconds = poll_seconds
         self.flush_seconds = flush_seconds
@@ -108,35 +110,27 @@ class ResponseCache:
         rows, large = [], []
         for key, (value, ttl) in batch.items():
             if len(value) < self.inline_limit:
-                rows += (key, now, now + ttl, now, value)
+                rows.append((key, now, now + ttl, now, value))
             else:
                 large.append((key, value, ttl))
         if rows:
-            conn = self._writer_connection()
-            step = ROWS_PER_STATEMENT * 5
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for i in range(0, len(rows), step):
-                    chunk = rows[i:i + step]
-                    conn.execute(_UPSERT.format(rows=", ".join([_ROW] * (len(chunk) // 5))), chunk)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            conn = self._connection()
+            with transaction(conn):
+                insert_rows(conn, _INSERT, _ROW, rows, suffix=_UPSERT)
         for key, value, ttl in large:
             self.store.set(key, value, expire=ttl)
         if now - self._culled_at >= self.cull_seconds:
             self._culled_at = now
             self.store.cull()     # expired entries, then the least recently stored over size_limit
 
-    def _writer_connection(self) -> sqlite3.Connection:
-        if self._writer is None:
-            # diskcache's own connection settings (WAL, synchronous=NORMAL) are persistent or
-            # per-connection; the ones that matter for a writer are set here the same way
-            self._writer = sqlite3.connect(self.db_file, isolation_level=None, check_same_thread=False,
-                                           timeout=60)
-            self._writer.execute("PRAGMA synchronous = NORMAL")
-        return self._writer
+    def _connection(self) -> sqlite3.Connection:
+        """This process's connection to diskcache's database for the batch writes and the scan
+        of new keys (executor thread only). WAL mode is persistent in the file; synchronous is
+        per connection and set as diskcache sets it."""
+        if self._conn is None:
+            self._conn = sqlite3.connect(self.db_file, isolation_level=None, check_same_thread=False, timeout=60)
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+        return self._conn
 
     async def _scan(self) -> None:
         try:
@@ -149,8 +143,8 @@ class ResponseCache:
             self._last_rowid = max(self._last_rowid, rowid)
 
     def _new_keys(self, after: int) -> list[tuple[int, str]]:
-        with sqlite3.connect(f"file:{self.db_file}?mode=ro", uri=True, timeout=5) as conn:
-            return conn.execute("SELECT rowid, key FROM Cache WHERE rowid > ? AND raw = 1", (after,)).fetchall()
+        return self._connection().execute("SELECT rowid, key FROM Cache WHERE rowid > ? AND raw = 1",
+                                          (after,)).fetchall()
 
     async def _poll(self) -> None:
         while True:
@@ -164,6 +158,6 @@ class ResponseCache:
             self._flusher.cancel()
         await self.flush()
         self.executor.shutdown(wait=True)
-        if self._writer is not None:
-            self._writer.close()
+        if self._conn is not None:
+            self._conn.close()
         self.store.close()

@@ -31,14 +31,14 @@ from typing import Any, Callable
 
 import structlog
 
-from proxy.store.db import (LEDGER_COLUMNS, bump_version, connect, Database, fetch_dicts, stop_task, transaction)
+from proxy.store.db import (LEDGER_COLUMNS, bump_version, connect, Database, fetch_dicts, insert_rows,
+                             stop_task, transaction)
 
 log = structlog.get_logger(__name__)
 
 GROUPS = ("day", "model", "key")
 _BOOL_COLUMNS = ("stream", "cache_hit", "partial")
 _COST = LEDGER_COLUMNS.index("cost")
-_ROWS_PER_STATEMENT = 500        # 23 parameters a row, well under SQLite's 32766
 _ROW = f"({', '.join('?' * len(LEDGER_COLUMNS))})"
 _INSERT = f"INSERT INTO ledger ({', '.join(LEDGER_COLUMNS)}) VALUES "
 
@@ -85,10 +85,9 @@ def _values(row: dict) -> tuple:
 
 
 def write_batch(conn: sqlite3.Connection, rows: list[dict]) -> None:
-    """Insert the rows and charge managed keys, in one transaction (database thread), with
-    one multi-row INSERT per 500 rows (one SQLite step, one GIL hand-off). A row whose values
-    cannot be converted is logged and skipped, so it cannot block the rest."""
-    values: list = []
+    """Insert the rows and charge managed keys, in one transaction (database thread). A row
+    whose values cannot be converted is logged and skipped, so it cannot block the rest."""
+    values: list[tuple] = []
     charges: dict[str, list[float]] = {}
     for row in rows:
         try:
@@ -96,17 +95,14 @@ def write_batch(conn: sqlite3.Connection, rows: list[dict]) -> None:
         except (TypeError, ValueError) as exc:
             log.error("ledger_row_invalid", error=repr(exc), request_id=row.get("request_id"))
             continue
-        values += v
+        values.append(v)
         key_id = row.get("key_id")
         if key_id and row.get("managed"):
             c = charges.setdefault(key_id, [0.0, 0.0])
             c[0] += v[_COST]
             c[1] = max(c[1], v[0])
-    step = _ROWS_PER_STATEMENT * len(LEDGER_COLUMNS)
     with transaction(conn):
-        for i in range(0, len(values), step):
-            chunk = values[i:i + step]
-            conn.execute(_INSERT + ", ".join([_ROW] * (len(chunk) // len(LEDGER_COLUMNS))), chunk)
+        insert_rows(conn, _INSERT, _ROW, values)
         if not charges:
             return
         conn.executemany(

@@ -9,6 +9,7 @@ import aiohttp
 import orjson
 
 from proxy.context import StreamReply
+from proxy.errors import PermissionDenied
 from proxy.pipeline import Middleware
 
 UPSTREAM_KEY = "sk-upstream-SECRET-0123456789abcdef"
@@ -142,3 +143,38 @@ class Explode(Middleware):
 
 def explode(gateway, config=None, *, model: str = "explode", stream_model: str = "explode-stream") -> Explode:
     return Explode(model, stream_model)
+
+
+
+def _trace(ctx, part: str) -> None:
+    ctx.response_headers["x-trace"] = ctx.response_headers.get("x-trace", "") + part + " "
+
+
+class TraceBefore(Middleware):
+    """A custom `before` hook: adds its name to the `x-trace` response header; answers 403 for
+    the model named `refuse`."""
+
+    def __init__(self, name: str, refuse: str | None):
+        self.label, self.refuse = name, refuse
+
+    def before(self, ctx) -> None:
+        _trace(ctx, self.label)
+        if ctx.model == self.refuse:
+            raise PermissionDenied(f"{self.label} refuses {ctx.model}")
+
+
+class TraceWrap(Middleware):
+    """A custom `handle` wrapper: adds `name` to `x-trace` before the call and `/name` after."""
+
+    def __init__(self, name: str):
+        self.label = name
+
+    async def handle(self, ctx, call_next):
+        _trace(ctx, self.label)
+        reply = await call_next(ctx)
+        _trace(ctx, "/" + self.label)
+        return reply
+
+
+def trace(gateway, config=None, *, name: str, wrap: bool = False, refuse: str | None = None) -> Middleware:
+    return TraceWrap(name) if wrap else TraceBefore(name, refuse)
