@@ -9,7 +9,7 @@ Writes: batched; every `flush_seconds` one thread job writes the pending entries
 transaction. Until then they are served from memory (read-your-writes). An entry small enough
 for diskcache to keep inside its database (under `disk_min_file_size`, 32 KB: nearly every
 chat answer) is written as a row of diskcache's own `Cache` table, exactly the row
-`Cache.set(key, value, expire=ttl)` would write, 32 rows per INSERT statement: a fraction of
+`Cache.set(key, value, expire=ttl, tag=<this process>)` would write, 32 rows per INSERT statement: a fraction of
 the SQL work and GIL hand-offs of a SELECT and an INSERT per entry. Larger entries go through
 `Cache.set`. Reads, expiry and eviction stay diskcache's.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,10 +30,10 @@ from proxy.store.db import insert_rows, transaction
 log = structlog.get_logger(__name__)
 MAX_BACKLOG = 5000   # entries waiting for their batch write
 # diskcache 5's row for a str key (raw = 1) and a bytes value kept in the database
-# (size 0, mode MODE_RAW, no file, never accessed). On a conflict (another worker stored the
+# (size 0, mode MODE_RAW, no file, never accessed), tagged with the writing process. On a conflict (another worker stored the
 # same key meanwhile) the newer answer wins, unless that row's value lives in a file, which
 # an UPDATE here would orphan; then the other worker's answer stays.
-_ROW = "(?, 1, ?, ?, ?, 0, NULL, 0, 1, NULL, ?)"
+_ROW = "(?, 1, ?, ?, ?, 0, ?, 0, 1, NULL, ?)"
 _INSERT = ("INSERT INTO Cache (key, raw, store_time, expire_time, access_time, access_count, tag, size,"
            " mode, filename, value) VALUES ")
 _UPSERT = (" ON CONFLICT (key, raw) DO UPDATE SET store_time = excluded.store_time,"
@@ -58,6 +59,7 @@ class ResponseCache:
         self.known: set[str] = set()
         self.writing: dict[str, tuple[bytes, float]] = {}   # key -> (value, ttl), not yet on disk
         self._last_rowid = 0
+        self.tag = secrets.token_hex(8)   # marks this process's rows, which the scan skips
         self._poller: asyncio.Task | None = None
         self._flusher: asyncio.Task | None = None
 
@@ -110,7 +112,7 @@ class ResponseCache:
         rows, large = [], []
         for key, (value, ttl) in batch.items():
             if len(value) < self.inline_limit:
-                rows.append((key, now, now + ttl, now, value))
+                rows.append((key, now, now + ttl, now, self.tag, value))
             else:
                 large.append((key, value, ttl))
         if rows:
@@ -118,7 +120,7 @@ class ResponseCache:
             with transaction(conn):
                 insert_rows(conn, _INSERT, _ROW, rows, suffix=_UPSERT)
         for key, value, ttl in large:
-            self.store.set(key, value, expire=ttl)
+            self.store.set(key, value, expire=ttl, tag=self.tag)
         if now - self._culled_at >= self.cull_seconds:
             self._culled_at = now
             self.store.cull()     # expired entries, then the least recently stored over size_limit
@@ -138,13 +140,17 @@ class ResponseCache:
         except sqlite3.Error:
             log.exception("cache_scan_failed")
             return
-        for rowid, key in rows:
-            self.known.add(key)
-            self._last_rowid = max(self._last_rowid, rowid)
+        self._last_rowid, keys = rows
+        self.known.update(keys)
 
-    def _new_keys(self, after: int) -> list[tuple[int, str]]:
-        return self._connection().execute("SELECT rowid, key FROM Cache WHERE rowid > ? AND raw = 1",
-                                          (after,)).fetchall()
+    def _new_keys(self, after: int) -> tuple[int, list[str]]:
+        """(highest rowid, keys of the rows after `after` up to it that other processes wrote:
+        this one's rows carry its `tag`, and their keys are in `known` already)."""
+        conn = self._connection()
+        top = conn.execute("SELECT max(rowid) FROM Cache").fetchone()[0] or 0
+        rows = conn.execute("SELECT key FROM Cache WHERE rowid > ? AND rowid <= ? AND raw = 1"
+                            " AND (tag IS NULL OR tag != ?)", (after, top, self.tag)).fetchall()
+        return max(top, after), [key for (key,) in rows]
 
     async def _poll(self) -> None:
         while True:

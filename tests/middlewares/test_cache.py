@@ -295,6 +295,24 @@ async def test_a_hit_survives_a_restart(upstream, make_gateway, data_dir):
     assert (data_dir / "cache").is_dir()
 
 
+async def test_another_workers_answer_becomes_a_hit_within_a_second(upstream, make_gateway):
+    """Two gateways on one data_dir, as two workers are: each writes its own entries in
+    batches and picks up the other's by polling diskcache's table."""
+    text = routes(upstream.url, cache={"enabled": True})
+    one, two = await make_gateway(text), await make_gateway(text, filename="routes-2.yaml")
+    other = [{"role": "user", "content": "something else"}]
+    assert (await create(two.client(APP), messages=other))[0] == "MISS"   # two has scanned the table
+    assert (await create(one.client(APP)))[0] == "MISS"
+    started = asyncio.get_running_loop().time()
+
+    async def hit_on_two():
+        return (await create(two.client(APP)))[0] == "HIT"
+    await eventually(hit_on_two, timeout=3, what="one's entry served by two")
+    assert asyncio.get_running_loop().time() - started < 1.5
+    assert (await create(one.client(APP)))[0] == "HIT"       # and one still serves its own
+    assert len(upstream.requests) == 2
+
+
 async def test_presets_and_cache_together_on_the_mock(make_gateway):
     """A preset request is cached after expansion; the streamed hit reports cost 0."""
     gw = await make_gateway(routes(None, cache={"enabled": True}, presets={
