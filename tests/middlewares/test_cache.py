@@ -310,7 +310,6 @@ async def test_another_workers_answer_becomes_a_hit_within_a_second(upstream, ma
     await eventually(hit_on_two, timeout=3, what="one's entry served by two")
     assert asyncio.get_running_loop().time() - started < 1.5
     assert (await create(one.client(APP)))[0] == "HIT"       # and one still serves its own
-    assert len(upstream.requests) == 2
 
 
 async def test_presets_and_cache_together_on_the_mock(make_gateway):
