@@ -138,8 +138,9 @@ def _controls(ctx) -> dict:
 
 
 def cache_key(ctx, shared: bool) -> str:
-    """sha256 over the canonical request: scope, resolved route and targets, every
-    output-affecting field (JSON key order and `stream` do not matter)."""
+    """A 128-bit BLAKE2b digest (32 hex characters: a short key keeps diskcache's index small)
+    of the canonical request: scope, resolved route and targets, every output-affecting field
+    (JSON key order and `stream` do not matter)."""
     match = ctx.match
     canonical = {
         "scope": None if shared or ctx.key is None else ctx.key.id,
@@ -148,7 +149,7 @@ def cache_key(ctx, shared: bool) -> str:
         "effort": match.reasoning_effort,
         "body": {k: v for k, v in ctx.body.items() if k not in IGNORED},
     }
-    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return hashlib.blake2b(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
 
 
 def cache(gateway, config, *, shared: bool | None = None) -> Cache:
