@@ -1,15 +1,17 @@
 """The middleware contract and the chain built from the `middlewares:` list.
 
 A middleware factory `factory(gateway, config, **options)` takes the Gateway, the Config being
-built and keyword-only options (checked at build time) and returns a `Middleware`.
-`before(ctx)` is a synchronous check or rewrite that runs before the rest of the chain and
-refuses the request by raising an APIError (auth, rate limits, presets); consecutive `before`
-hooks run in one loop, without a coroutine layer each. `handle(ctx, call_next)` wraps the rest
-of the chain and may short-circuit it (cache hits) or wrap a StreamReply's `events` iterator
-(cache). A middleware defines `before` or `handle`. `finish(ctx)` observes the completed request exactly once — after the
-last byte, an error or a client disconnect — wherever the middleware sits in the list, so
-observers (access log, ledger, metrics) see every request, including those an earlier
-middleware refused.
+built and keyword-only options (checked at build time) and returns a `Middleware`, which
+overrides any of:
+
+- `before(ctx)`: a synchronous check or rewrite before the rest of the chain, refusing the
+  request by raising an APIError (auth, rate limits, presets). Consecutive hooks run in one
+  loop, without a coroutine layer each.
+- `handle(ctx, call_next)`: wraps the rest of the chain; may short-circuit it (cache hits) or
+  wrap a StreamReply's `events` iterator (cache). It runs after the middleware's own `before`.
+- `finish(ctx)`: observes the completed request exactly once — after the last byte, an error
+  or a client disconnect — wherever the middleware sits in the list, so observers (access log,
+  ledger, metrics) see every request, including those an earlier middleware refused.
 """
 from __future__ import annotations
 
@@ -88,7 +90,7 @@ class Chain:
             if type(mw).handle is not Middleware.handle:
                 handler = partial(mw.handle, call_next=_with_befores(befores, handler))
                 befores = []
-            elif type(mw).before is not Middleware.before:
+            if type(mw).before is not Middleware.before:
                 befores.insert(0, mw.before)
         return _with_befores(befores, handler)
 

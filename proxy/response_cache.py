@@ -9,9 +9,11 @@ Writes: batched; every `flush_seconds` one thread job writes the pending entries
 transaction. Until then they are served from memory (read-your-writes). An entry small enough
 for diskcache to keep inside its database (under `disk_min_file_size`, 32 KB: nearly every
 chat answer) is written as a row of diskcache's own `Cache` table, exactly the row
-`Cache.set(key, value, expire=ttl, tag=<this process>)` would write, 32 rows per INSERT statement: a fraction of
-the SQL work and GIL hand-offs of a SELECT and an INSERT per entry. Larger entries go through
-`Cache.set`. Reads, expiry and eviction stay diskcache's.
+`Cache.set(key, value, expire=ttl, tag=<this process>)` would write, 32 rows per INSERT: a
+fraction of the SQL work and GIL hand-offs of a SELECT and an INSERT per entry. Larger entries
+go through `Cache.set`. Reads, expiry and eviction stay diskcache's; eviction (`cull`) runs at
+most every `cull_seconds`, so the directory may overshoot its size limit by that many seconds
+of answers.
 """
 from __future__ import annotations
 
@@ -29,10 +31,10 @@ from proxy.store.db import insert_rows, transaction
 
 log = structlog.get_logger(__name__)
 MAX_BACKLOG = 5000   # entries waiting for their batch write
-# diskcache 5's row for a str key (raw = 1) and a bytes value kept in the database
-# (size 0, mode MODE_RAW, no file, never accessed), tagged with the writing process. On a conflict (another worker stored the
-# same key meanwhile) the newer answer wins, unless that row's value lives in a file, which
-# an UPDATE here would orphan; then the other worker's answer stays.
+# diskcache 5's row for a str key (raw = 1) and a bytes value kept in the database (size 0,
+# mode MODE_RAW, no file, never accessed), tagged with the writing process. On a conflict
+# (another worker stored the same key meanwhile) the newer answer wins, unless that row's
+# value lives in a file, which an UPDATE here would orphan; then the other worker's answer stays.
 _ROW = "(?, 1, ?, ?, ?, 0, ?, 0, 1, NULL, ?)"
 _INSERT = ("INSERT INTO Cache (key, raw, store_time, expire_time, access_time, access_count, tag, size,"
            " mode, filename, value) VALUES ")
@@ -45,7 +47,7 @@ class ResponseCache:
     def __init__(self, directory: str, size_limit_mb: float, *, poll_seconds: float = 0.5,
                  flush_seconds: float = 0.25, cull_seconds: float = 1.0):
         os.makedirs(directory, exist_ok=True)
-        # cull_limit=0: no eviction work inside every set; the writer culls once per batch instead
+        # cull_limit=0: no eviction work inside every set; the writer culls every cull_seconds
         self.store = diskcache.Cache(directory, size_limit=int(size_limit_mb * 1024 * 1024),
                                      eviction_policy="least-recently-stored", cull_limit=0)
         self.db_file = os.path.join(directory, diskcache.core.DBNAME)
@@ -136,11 +138,10 @@ class ResponseCache:
 
     async def _scan(self) -> None:
         try:
-            rows = await self._run(self._new_keys, self._last_rowid)
+            self._last_rowid, keys = await self._run(self._new_keys, self._last_rowid)
         except sqlite3.Error:
             log.exception("cache_scan_failed")
             return
-        self._last_rowid, keys = rows
         self.known.update(keys)
 
     def _new_keys(self, after: int) -> tuple[int, list[str]]:

@@ -164,10 +164,14 @@ class TraceBefore(Middleware):
 
 
 class TraceWrap(Middleware):
-    """A custom `handle` wrapper: adds `name` to `x-trace` before the call and `/name` after."""
+    """A custom `handle` wrapper: adds `name` to `x-trace` before the call and `/name` after,
+    and `name:before` from its `before` hook, which runs first."""
 
     def __init__(self, name: str):
         self.label = name
+
+    def before(self, ctx) -> None:
+        _trace(ctx, self.label + ":before")
 
     async def handle(self, ctx, call_next):
         _trace(ctx, self.label)

@@ -1,5 +1,6 @@
 """The chain built from `middlewares:`: `before` hooks and `handle` wrappers run in list order,
-a wrapper around everything after it, and a `before` hook refuses by raising."""
+a wrapper around everything after it (after its own `before`), and a `before` hook refuses
+by raising."""
 from __future__ import annotations
 
 from tests.core.helpers import UPSTREAM_KEY, assert_envelope, chat_body, gateway_config, post_json
@@ -14,7 +15,7 @@ async def test_before_hooks_and_wrappers_run_in_list_order(fake_openai, make_gat
     gw = await make_gateway(config, env={"UP_KEY": UPSTREAM_KEY})
     status, headers, _ = await post_json(http, gw.url + "/v1/chat/completions", chat_body("mock-echo"))
     assert status == 200
-    assert headers["x-trace"].split() == ["a", "b", "c", "d", "/b"]
+    assert headers["x-trace"].split() == ["a", "b:before", "b", "c", "d", "/b"]
 
     got = await post_json(http, gw.url + "/v1/chat/completions", chat_body("gpt-4o-mini"))
     err = assert_envelope(got, 403, "permission_error")
