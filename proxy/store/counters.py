@@ -15,7 +15,14 @@ process adds it up in memory and moves it into the file every SPEND_FLUSH_SECOND
 (`flush_spend`), one lock per key instead of one per request.
 
 Requests per minute use a sliding-window estimate, `prev * (1 - elapsed_fraction) + cur`: a
-burst cannot pass the limit twice across a minute boundary.
+burst cannot pass the limit twice across a minute boundary. A key far from its limit is counted
+in leases: one locked update counts up to LEASE_MAX requests at once, at most 1/LEASE_SHARE of
+what is left in the window, and this process lets that many through without touching the file
+(the rest of the same minute; a new minute or another limit ends the lease). Every worker
+counts its leases at once, so together they can never pass the limit; near it the lease is
+one request, which is exactly per-request counting. What a lease leaves unused when its
+minute ends stays counted (at most LEASE_MAX per process and key, only for keys that were far
+from their limit).
 
 Concurrency trade-off: a worker killed while requests are in flight leaves its count in the
 file. `close()` releases what this process still holds (graceful shutdown leaks nothing), and
@@ -48,6 +55,8 @@ SLOT = struct.Struct("<QqIIqqi")        # hash, minute, cur, prev, day, spend_mi
 SLOT_SIZE = 64
 DEFAULT_SLOTS = 4096
 SPEND_FLUSH_SECONDS = 0.25
+LEASE_MAX = 32       # requests a process may count at once against a key's minute window...
+LEASE_SHARE = 64     # ...and never more than 1/64 of what the window has left
 
 T = TypeVar("T")
 
@@ -81,6 +90,7 @@ class SharedCounters:
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         self._mutex = threading.RLock()
         self._spend: dict[tuple[str, int], int] = {}   # (key id, UTC day) -> micro-USD not yet in the file
+        self._leases: dict[str, list] = {}   # key id -> [minute, limit, hits left, remaining to report]
         self._index: dict[str, int] = {}     # key_id -> byte offset of its slot
         self._held: dict[str, int] = {}      # in-flight counts this process acquired
         self._full_warned = False
@@ -157,7 +167,13 @@ class SharedCounters:
         Returns (allowed, remaining requests, seconds until reset/retry)."""
         now = time.time() if now is None else now
         minute = int(now // 60)
+        reset = max(1, math.ceil(60 - now % 60))
         with self._mutex:
+            lease = self._leases.get(key_id)
+            if lease is not None and lease[0] == minute and lease[1] == limit and lease[2] > 0:
+                lease[2] -= 1
+                lease[3] -= 1
+                return True, max(0, lease[3]), reset
             off = self._find(key_id)
             if off is None:
                 return True, limit, 60
@@ -168,12 +184,19 @@ class SharedCounters:
                     prev, cur = (cur if last == minute - 1 else 0), 0
                 estimate = prev * (1 - (now % 60) / 60) + cur
                 allowed = estimate + 1 <= limit
-                SLOT.pack_into(self._mm, off, h, minute, cur + allowed, prev, day, spend, inflight)
+                take = max(1, min(LEASE_MAX, int((limit - estimate) // LEASE_SHARE))) if allowed else 0
+                SLOT.pack_into(self._mm, off, h, minute, cur + take, prev, day, spend, inflight)
             finally:
                 self._unlock(off)
-        if not allowed:
-            return False, 0, _retry_after(limit, cur, prev, now)
-        return True, max(0, math.floor(limit - estimate - 1)), max(1, math.ceil(60 - now % 60))
+            if not allowed:
+                self._leases.pop(key_id, None)
+                return False, 0, _retry_after(limit, cur, prev, now)
+            remaining = math.floor(limit - estimate - 1)
+            if take > 1:
+                self._leases[key_id] = [minute, limit, take - 1, remaining]
+            else:
+                self._leases.pop(key_id, None)
+        return True, max(0, remaining), reset
 
     # --- spend per UTC day -----------------------------------------------------------------
     def add_spend(self, key_id: str, usd: float, now: float | None = None, *, defer: bool = False) -> None:
