@@ -2,10 +2,13 @@
 
 The per-request access line is the one log line on the hot path; `access_line` writes it
 straight to the same stream in the same JSON shape (event, level, timestamp), skipping
-structlog's processor chain (a quarter of the cost, measured).
+structlog's processor chain (a quarter of the cost, measured). The lines of the requests that
+finish in one turn of the event loop go out in one write at the end of that turn
+(`flush_access`), not one system call each.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -15,6 +18,8 @@ import structlog
 
 _stream = None
 _access_enabled = True
+_pending: list[bytes] = []     # access lines waiting for the end of this event-loop turn
+_pending_loop = None           # the loop that will write them
 
 
 def configure(level: str = "info", stream=None) -> None:
@@ -60,5 +65,32 @@ def access_line(record: dict) -> None:
         return
     record["level"] = "info"
     record["timestamp"] = utc_timestamp()
-    stream.write(orjson.dumps(record) + b"\n")
-    stream.flush()
+    line = orjson.dumps(record) + b"\n"
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    global _pending_loop
+    if _pending:
+        if loop is _pending_loop:    # a write is already scheduled for this turn of the loop
+            _pending.append(line)
+            return
+        flush_access()               # left by a loop that stopped before its turn ended
+    if loop is None:
+        stream.write(line)
+        stream.flush()
+        return
+    _pending.append(line)
+    _pending_loop = loop
+    loop.call_soon(flush_access)
+
+
+def flush_access() -> None:
+    """Write the access lines of this turn of the event loop, in one write."""
+    global _pending_loop
+    _pending_loop = None
+    if _pending and _stream is not None:
+        data = b"".join(_pending)
+        _pending.clear()
+        _stream.write(data)
+        _stream.flush()

@@ -10,6 +10,7 @@ import socket
 import structlog
 from aiohttp import web
 
+from proxy import logs
 from proxy.app import create_app
 from proxy.config import Config
 from proxy.gateway import Gateway
@@ -103,6 +104,7 @@ async def serve(config: Config, config_path: str | None, host: str, port: int, r
     cut = loop.call_later(drain - min(1.0, drain * 0.2), gateway.cut_streams)   # just before aiohttp gives up
     await runner.cleanup()   # stops listening, waits for in-flight requests (shutdown_timeout), closes
     cut.cancel()
+    logs.flush_access()
     log.info("stopped", pid=os.getpid())
     return 0
 

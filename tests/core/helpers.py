@@ -8,6 +8,7 @@ import pathlib
 import aiohttp
 import orjson
 
+from proxy import logs
 from proxy.context import StreamReply
 from proxy.errors import PermissionDenied
 from proxy.pipeline import Middleware
@@ -104,6 +105,7 @@ class LogLines:
 
     @property
     def raw(self) -> bytes:
+        logs.flush_access()      # the access lines of the current event-loop turn
         return self.buf.getvalue()
 
     def events(self, name: str | None = None) -> list[dict]:

@@ -2,6 +2,9 @@
 usage (and cost) learned even when a streaming client did not ask for the usage chunk."""
 from __future__ import annotations
 
+import asyncio
+import re
+
 import pytest
 
 from tests.core.helpers import CLIENT_KEY, UPSTREAM_KEY, chat_body, post_json, post_stream
@@ -62,3 +65,14 @@ async def test_errors_are_logged_with_status_and_code(gw, http, log_lines):
     assert log_lines.access(got[1]["x-request-id"])["status"] == 400
     text = log_lines.raw.decode()
     assert UPSTREAM_KEY not in text and CLIENT_KEY not in text
+
+
+async def test_concurrent_requests_each_get_one_whole_line(gw, http, log_lines):
+    """Lines of requests that finish in the same turn of the event loop are written together;
+    each stays one whole JSON line with a timestamp in structlog's format."""
+    got = await asyncio.gather(*(post_json(http, gw.url + CHAT, chat_body(text=f"n{i}")) for i in range(20)))
+    assert [status for status, _, _ in got] == [200] * 20
+    for _, headers, _ in got:
+        line = log_lines.access(headers["x-request-id"])
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", line["timestamp"])
+    assert all(raw.startswith(b"{") and raw.endswith(b"}") for raw in log_lines.raw.splitlines() if raw)
