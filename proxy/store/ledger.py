@@ -69,19 +69,18 @@ _CONVERT.update({c: _int0 for c in ("stream", "cache_hit", "partial", "prompt_to
                                     "reasoning_tokens", "attempts")})
 _CONVERT.update(created_at=float, status=_int, cost=_float0, latency_ms=_float, ttft_ms=_float)
 _CONVERTERS = tuple(_CONVERT[c] for c in LEDGER_COLUMNS)
-# the types a value may already have to be stored as it is (bool is an int to SQLite)
+# the types a value may already have to be stored as it is (a bool is an int, to SQLite too)
 _NONE = type(None)
-_AS_IS = {_text: (str, _NONE), _int0: (int, bool), _float0: (float, int), _int: (int, _NONE),
+_AS_IS = {_text: (str, _NONE), _int0: int, _float0: (float, int), _int: (int, _NONE),
           _float: (float, int, _NONE), float: (float, int)}
 _ACCEPTED = tuple(_AS_IS[conv] for conv in _CONVERTERS)
 
 
 def _values(row: dict) -> tuple:
     values = tuple(map(row.get, LEDGER_COLUMNS))
-    for value, accepted in zip(values, _ACCEPTED):
-        if type(value) not in accepted:
-            return tuple(conv(v) for v, conv in zip(values, _CONVERTERS))
-    return values
+    if all(map(isinstance, values, _ACCEPTED)):     # the usual case, checked without a Python loop
+        return values
+    return tuple(conv(v) for v, conv in zip(values, _CONVERTERS))
 
 
 def write_batch(conn: sqlite3.Connection, rows: list[dict]) -> None:

@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 TOKEN_KINDS = ("prompt", "completion", "cached", "cache_write", "reasoning")
+_TOKEN_COLUMNS = tuple((kind, kind + "_tokens") for kind in TOKEN_KINDS)
 
 COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "modelway_requests_total": ("Requests by model, provider and HTTP status.",
@@ -92,10 +93,11 @@ class Metrics:
         c = self._counters
         _add(c["modelway_requests_total"], (model, provider, str(get("status") or 0)), 1)
         tokens = c["modelway_tokens_total"]
-        for kind in TOKEN_KINDS:
-            n = get(kind + "_tokens")
+        for kind, column in _TOKEN_COLUMNS:
+            n = get(column)
             if n:
-                _add(tokens, (model, kind), n)
+                labels = (model, kind)
+                tokens[labels] = tokens.get(labels, 0) + n
         cost = get("cost")
         if cost:
             _add(c["modelway_cost_usd_total"], (model,), cost)
@@ -119,9 +121,10 @@ class Metrics:
 
     def _observe_hist(self, name: str, labels: Labels, value: float) -> None:
         bounds = HISTOGRAMS[name][2]
-        h = self._hists[name].get(labels)
+        series = self._hists[name]
+        h = series.get(labels)
         if h is None:
-            h = self._hists[name][labels] = [0] * (len(bounds) + 1) + [0.0]
+            h = series[labels] = [0] * (len(bounds) + 1) + [0.0]
         h[bisect.bisect_left(bounds, value)] += 1
         h[-1] += value
 
