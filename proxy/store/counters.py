@@ -15,14 +15,13 @@ process adds it up in memory and moves it into the file every SPEND_FLUSH_SECOND
 (`flush_spend`), one lock per key instead of one per request.
 
 Requests per minute use a sliding-window estimate, `prev * (1 - elapsed_fraction) + cur`: a
-burst cannot pass the limit twice across a minute boundary. A key far from its limit is counted
-in leases: one locked update counts up to LEASE_MAX requests at once, at most 1/LEASE_SHARE of
-what is left in the window, and this process lets that many through without touching the file
-(the rest of the same minute; a new minute or another limit ends the lease). Every worker
-counts its leases at once, so together they can never pass the limit; near it the lease is
-one request, which is exactly per-request counting. What a lease leaves unused when its
-minute ends stays counted (at most LEASE_MAX per process and key, only for keys that were far
-from their limit).
+burst cannot pass the limit twice across a minute boundary. A key far from its limit (at least
+LEASE_FROM requests left in the window) is counted in leases: one locked update counts LEASE
+requests at once, and this process lets that many through without touching the file (within
+the same minute; a new minute or another limit ends the lease). Every worker counts its leases
+at once, so together they can never pass the limit; below LEASE_FROM every request is counted
+on its own, exactly. What a lease leaves unused when its minute ends stays counted (at most
+LEASE - 1 per process and key).
 
 Concurrency trade-off: a worker killed while requests are in flight leaves its count in the
 file. `close()` releases what this process still holds (graceful shutdown leaks nothing), and
@@ -55,8 +54,8 @@ SLOT = struct.Struct("<QqIIqqi")        # hash, minute, cur, prev, day, spend_mi
 SLOT_SIZE = 64
 DEFAULT_SLOTS = 4096
 SPEND_FLUSH_SECONDS = 0.25
-LEASE_MAX = 32       # requests a process may count at once against a key's minute window...
-LEASE_SHARE = 64     # ...and never more than 1/64 of what the window has left
+LEASE = 32           # requests a process counts at once against a key's minute window...
+LEASE_FROM = 64 * LEASE   # ...while this many or more are left in it; below, one by one
 
 T = TypeVar("T")
 
@@ -184,7 +183,7 @@ class SharedCounters:
                     prev, cur = (cur if last == minute - 1 else 0), 0
                 estimate = prev * (1 - (now % 60) / 60) + cur
                 allowed = estimate + 1 <= limit
-                take = max(1, min(LEASE_MAX, int((limit - estimate) // LEASE_SHARE))) if allowed else 0
+                take = (LEASE if limit - estimate >= LEASE_FROM else 1) if allowed else 0
                 SLOT.pack_into(self._mm, off, h, minute, cur + take, prev, day, spend, inflight)
             finally:
                 self._unlock(off)

@@ -3,7 +3,7 @@ import multiprocessing
 
 import pytest
 
-from proxy.store.counters import LEASE_MAX, SharedCounters
+from proxy.store.counters import LEASE, LEASE_FROM, SharedCounters
 
 NOW = 1_700_000_000.0 - 1_700_000_000.0 % 60 + 10     # 10 s into a minute
 CTX = multiprocessing.get_context("fork")
@@ -122,21 +122,21 @@ def test_deferred_spend_counts_here_at_once_and_elsewhere_after_a_flush(tmp_path
 
 
 def test_a_key_far_from_its_limit_is_counted_in_leases(tmp_path):
-    """One locked update counts LEASE_MAX requests at once; the other process sees them all."""
+    """One locked update counts LEASE requests at once; the other process sees them all."""
     here, there = SharedCounters(tmp_path / "c.bin"), SharedCounters(tmp_path / "c.bin")
     limit = 1_000_000
     assert here.hit("key_l", limit, now=NOW) == (True, limit - 1, 50)
-    for i in range(2, LEASE_MAX + 1):                 # served from the lease
+    for i in range(2, LEASE + 1):                 # served from the lease
         assert here.hit("key_l", limit, now=NOW) == (True, limit - i, 50)
-    assert there.hit("key_l", limit, now=NOW) == (True, limit - LEASE_MAX - 1, 50)
-    assert here.hit("key_l", limit, now=NOW)[1] == limit - 2 * LEASE_MAX - 1   # a new lease
+    assert there.hit("key_l", limit, now=NOW) == (True, limit - LEASE - 1, 50)
+    assert here.hit("key_l", limit, now=NOW)[1] == limit - 2 * LEASE - 1   # a new lease
     here.close()
     there.close()
 
 
 def test_leases_never_let_workers_pass_the_limit_together(tmp_path):
     path = tmp_path / "counters.bin"
-    limit = 64 * 40                 # leases of LEASE_MAX at the start, of 1 near the limit
+    limit = LEASE_FROM + 512        # leases at the start, one by one for the last 2,048
     total, lock = CTX.Value("i", 0), CTX.Lock()
     _run(_hammer, lambda start: (path, "key_m", limit, NOW, limit, start, total, lock))
-    assert limit - 4 * LEASE_MAX <= total.value <= limit     # unused lease ends count, never extra
+    assert limit - 4 * LEASE <= total.value <= limit     # unused lease ends count, never extra
