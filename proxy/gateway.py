@@ -26,7 +26,7 @@ class State:
     providers: dict[str, Provider]
     disabled: dict[str, str]          # provider name -> why it is off
     chain: Chain
-    endpoints: dict[str, Handler]
+    endpoints: dict[str, tuple[tuple, Handler]]   # endpoint -> (leading before hooks, handler)
     health: Health = field(default_factory=Health)
     loaded_at: float = field(default_factory=time.time)
     inflight: int = 0

@@ -124,7 +124,10 @@ async def run(request: web.Request, ctx: RequestContext, prepare, adapt=None) ->
     try:
         if prepare is not None:
             await prepare(request, ctx)
-        reply = await state.endpoints[ctx.endpoint](ctx)
+        hooks, handler = state.endpoints[ctx.endpoint]
+        for hook in hooks:
+            hook(ctx)
+        reply = await handler(ctx)
         if adapt is not None:
             reply = adapt(ctx, reply)
         if isinstance(reply, StreamReply):

@@ -78,13 +78,16 @@ def build_middlewares(config, gateway) -> list[Middleware]:
 
 
 class Chain:
-    """The frozen chain: `handler` runs the wrappers then the endpoint; `finish` runs observers."""
+    """The frozen chain: `wrap` gives the hooks and wrappers around an endpoint; `finish` runs
+    the observers."""
 
     def __init__(self, middlewares: list[Middleware]):
         self.middlewares = tuple(middlewares)
         self.finishers = tuple(m.finish for m in middlewares if type(m).finish is not Middleware.finish)
 
-    def wrap(self, endpoint: Handler) -> Handler:
+    def wrap(self, endpoint: Handler) -> tuple[tuple, Handler]:
+        """(the `before` hooks ahead of every wrapper, the handler for the rest): the caller runs
+        the hooks, then awaits the handler, so leading hooks cost no coroutine layer at all."""
         handler, befores = endpoint, []
         for mw in reversed(self.middlewares):
             if type(mw).handle is not Middleware.handle:
@@ -92,7 +95,7 @@ class Chain:
                 befores = []
             if type(mw).before is not Middleware.before:
                 befores.insert(0, mw.before)
-        return _with_befores(befores, handler)
+        return tuple(befores), handler
 
     async def close(self) -> None:
         for mw in self.middlewares:
