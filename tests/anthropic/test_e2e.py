@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from proxy import logs
 from tests.fakes.anthropic_upstream import FakeAnthropic, start
+from tests.wire import sse_data
 
 KEY = "sk-ant-test"
 CLIENT_KEY = "sk-client-test"
@@ -155,10 +156,6 @@ async def raw_stream(gw, body: dict) -> tuple[int, bytes]:
         async with http.post(gw.url + "/v1/chat/completions", json=body,
                              headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as resp:
             return resp.status, await resp.read()
-
-
-def sse_data(raw: bytes) -> list[bytes]:
-    return [line[6:] for line in raw.split(b"\n") if line.startswith(b"data: ")]
 
 
 # --- the fake speaks Anthropic's exact wire format (the official anthropic SDK parses it) -------

@@ -12,6 +12,7 @@ from proxy import logs
 from proxy.context import StreamReply
 from proxy.errors import PermissionDenied
 from proxy.pipeline import Middleware
+from tests.wire import chat_body, sse_data  # noqa: F401  (re-exported to the core tests)
 
 UPSTREAM_KEY = "sk-upstream-SECRET-0123456789abcdef"
 CLIENT_KEY = "sk-client-abcdef0123456789"
@@ -45,10 +46,6 @@ def gateway_config(url: str, *, first_byte: float = 5, idle: float = 5, extra: s
     return CONFIG.format(url=url, first_byte=first_byte, idle=idle, extra=extra, server=server)
 
 
-def chat_body(model: str = "gpt-4o-mini", text: str = "hi", **extra) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
-
-
 async def post_json(http: aiohttp.ClientSession, url: str, body, headers: dict | None = None):
     """POST and return (status, headers, parsed JSON body)."""
     data = body if isinstance(body, (bytes, str)) else orjson.dumps(body)
@@ -63,16 +60,6 @@ async def post_stream(http: aiohttp.ClientSession, url: str, body: dict, headers
     hdrs = {"Authorization": f"Bearer {CLIENT_KEY}", **(headers or {})}
     async with http.post(url, json=body, headers=hdrs) as resp:
         return resp.status, resp.headers, await resp.read()
-
-
-def sse_data(raw: bytes) -> list[bytes]:
-    """The `data:` payloads of an SSE body, in order (comment lines skipped)."""
-    out = []
-    for block in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
-        lines = [ln[len(b"data: "):] for ln in block.split(b"\n") if ln.startswith(b"data: ")]
-        if lines:
-            out.append(b"\n".join(lines))
-    return out
 
 
 def fixture_events(name: str) -> list[bytes]:

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from tests.fakes.faulty_upstream import closed_port
+from tests.wire import chat_body, sse_data  # noqa: F401  (re-exported for the tests)
 
 CHAT = "/v1/chat/completions"
 
@@ -43,17 +44,7 @@ def config_text(tmp_path, faulty, fake, *, middlewares: str = "accounting", extr
 
 
 def chat(model: str = "ok", text: str = "hi", **extra) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
-
-
-def sse_data(raw: bytes) -> list[bytes]:
-    """The `data:` payloads of an SSE body, in order (comment lines skipped)."""
-    out = []
-    for block in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
-        lines = [ln[6:] for ln in block.split(b"\n") if ln.startswith(b"data: ")]
-        if lines:
-            out.append(b"\n".join(lines))
-    return out
+    return chat_body(model, text, **extra)
 
 
 def assert_envelope(status: int, headers, body: dict, want_status: int, want_type: str,

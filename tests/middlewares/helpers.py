@@ -16,6 +16,7 @@ import yaml
 from aiohttp import web
 
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.wire import chat_body  # noqa: F401  (re-exported for the tests)
 
 APP = "sk-mw-app-0123456789abcdef"          # a static key with no limits
 OTHER = "sk-mw-other-0123456789abcdef"      # a second static key (cache scope, own vs all)
@@ -96,10 +97,6 @@ class MeteredUpstream(FakeOpenAI):
                 ev = b"data: " + orjson.dumps(chunk) + b"\n\n"
             await resp.write(ev)
         return resp
-
-
-def chat_body(model: str = "gpt-4o-mini", text: str = "hi", **extra) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
 
 
 def bearer(secret: str | None) -> dict:

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from tests.cli.procs import Server, clean_env, pid_alive  # noqa: F401  (re-exported for the tests)
+from tests.wire import chat_body, sse_data  # noqa: F401  (re-exported for the tests)
 
 CHAT = "/v1/chat/completions"
 
@@ -77,18 +78,8 @@ async def readyz(http: aiohttp.ClientSession, url: str) -> dict:
 
 async def chat(http: aiohttp.ClientSession, url: str, model: str, text: str = "hello", **extra):
     """(status, headers, parsed JSON) of a non-streaming request."""
-    async with http.post(url + CHAT, json={"model": model, "messages": [{"role": "user", "content": text}],
-                                           **extra}) as resp:
+    async with http.post(url + CHAT, json=chat_body(model, text, **extra)) as resp:
         return resp.status, resp.headers, orjson.loads(await resp.read())
-
-
-def sse_data(raw: bytes) -> list[bytes]:
-    out = []
-    for block in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
-        lines = [ln[6:] for ln in block.split(b"\n") if ln.startswith(b"data: ")]
-        if lines:
-            out.append(b"\n".join(lines))
-    return out
 
 
 def stream_text(raw: bytes) -> str:
