@@ -3,6 +3,7 @@ that checks headers and the API's request rules, and replays the recorded fixtur
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import sys
@@ -90,12 +91,20 @@ def make_provider(url: str, *, key: str = API_KEY, headers: dict | None = None, 
                                             timeouts=Timeouts(**limits), headers=headers or {}))
 
 
+@contextlib.asynccontextmanager
+async def running(p: AnthropicProvider):
+    """The provider started, and closed again on the way out."""
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
 @pytest.fixture
 async def provider(upstream):
-    p = make_provider(upstream["url"])
-    await p.start()
-    yield p
-    await p.close()
+    async with running(make_provider(upstream["url"])) as p:
+        yield p
 
 
 def make_ctx(*, stream: bool = False, include_usage: bool = False, effort: str | None = None,
@@ -186,47 +195,31 @@ async def test_upstream_errors_before_the_first_byte(upstream, provider, stream,
 
 
 async def test_wrong_provider_key_is_502_not_401(upstream):
-    p = make_provider(upstream["url"], key="sk-ant-wrong-key-000000")
-    await p.start()
-    try:
+    async with running(make_provider(upstream["url"], key="sk-ant-wrong-key-000000")) as p:
         with pytest.raises(ProviderError) as info:
             await p.chat(make_ctx(), request())
-    finally:
-        await p.close()
     assert info.value.status == 502 and info.value.upstream_status == 401
     assert "sk-ant-wrong" not in info.value.message
 
 
 async def test_configured_headers_are_sent(upstream):
-    p = make_provider(upstream["url"], headers={"anthropic-beta": "context-1m-2025-08-07"})
-    await p.start()
-    try:
+    async with running(make_provider(upstream["url"], headers={"anthropic-beta": "context-1m-2025-08-07"})) as p:
         await p.chat(make_ctx(), request())
-    finally:
-        await p.close()
     assert upstream["requests"][0]["headers"]["anthropic-beta"] == "context-1m-2025-08-07"
 
 
 async def test_unreachable_upstream_is_502():
-    p = make_provider("http://127.0.0.1:9")      # discard port: connection refused
-    await p.start()
-    try:
+    async with running(make_provider("http://127.0.0.1:9")) as p:      # discard port: connection refused
         with pytest.raises(ProviderError) as info:
             await p.chat(make_ctx(), request())
-    finally:
-        await p.close()
     assert info.value.status == 502 and info.value.code == "upstream_unreachable"
 
 
 async def test_non_streaming_timeout(upstream):
     upstream["reply"] = {"json": "text.json", "sleep": 1.0}
-    p = make_provider(upstream["url"], total=0.3)
-    await p.start()
-    try:
+    async with running(make_provider(upstream["url"], total=0.3)) as p:
         with pytest.raises(ProviderError) as info:
             await p.chat(make_ctx(), request())
-    finally:
-        await p.close()
     assert info.value.code == "upstream_timeout"
 
 
@@ -325,28 +318,20 @@ async def test_broken_streams_raise_from_the_iterator(upstream, provider, reply,
 
 async def test_first_byte_timeout(upstream):
     upstream["reply"] = {"sse": "text.sse", "sleep": 2.0}
-    p = make_provider(upstream["url"], first_byte=0.3)
-    await p.start()
     started = time.monotonic()
-    try:
+    async with running(make_provider(upstream["url"], first_byte=0.3)) as p:
         with pytest.raises(ProviderError) as info:
             await p.chat(make_ctx(stream=True), request(stream=True))
-    finally:
-        await p.close()
     assert info.value.code == "upstream_timeout" and time.monotonic() - started < 1.5
 
 
 async def test_idle_timeout_mid_stream(upstream):
     upstream["reply"] = {"sse": "text.sse", "abort_at": 700, "stall": 3.0}
-    p = make_provider(upstream["url"], idle=0.3)
-    await p.start()
-    try:
+    async with running(make_provider(upstream["url"], idle=0.3)) as p:
         stream = await p.chat(make_ctx(stream=True), request(stream=True))
         with pytest.raises(ProviderError) as info:
             async for _ in stream.events:
                 pass
-    finally:
-        await p.close()
     assert info.value.code == "upstream_timeout"
 
 
