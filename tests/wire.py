@@ -1,6 +1,13 @@
-"""Wire helpers shared by the test suites: a chat request body and the `data:` payloads of an
-SSE body, parsed here independently of the gateway's own SSE code."""
+"""Wire helpers shared by the test suites: a chat request body, two tool definitions, and the
+`data:` payloads of an SSE body, parsed here independently of the gateway's own SSE code."""
 from __future__ import annotations
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "description": "Local time in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 
 
 def chat_body(model: str = "gpt-4o-mini", text: str = "hi", **extra) -> dict:

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from proxy import logs
 from tests.fakes.anthropic_upstream import FakeAnthropic, start
-from tests.wire import sse_data
+from tests.wire import TIME, WEATHER, sse_data
 
 KEY = "sk-ant-test"
 CLIENT_KEY = "sk-client-test"
@@ -44,12 +44,6 @@ models:
   "anthropic/*": {{targets: [{{provider: anthropic}}], retries: 0, pricing: {pricing}}}
 """.replace("{pricing}", "{{input: 3.0, output: 15.0, cached_input: 0.3, cache_write: 3.75}}")
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather for a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
-TIME = {"type": "function", "function": {
-    "name": "get_time", "description": "Local time in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 PNG = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
 PDF = "data:application/pdf;base64," + base64.b64encode(b"%PDF-1.4 fake").decode()
 LONG = "You are a meticulous assistant. Follow the policy below.\n" + "Policy clause: be exact. " * 400

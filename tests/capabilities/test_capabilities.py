@@ -18,14 +18,10 @@ import pytest
 from openai.types.chat import ChatCompletionChunk
 from pydantic import BaseModel
 
+from tests.wire import TIME, WEATHER
+
 feature = pytest.mark.feature
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather for a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
-TIME = {"type": "function", "function": {
-    "name": "get_time", "description": "Local time in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 CITY_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["city", "temperature_c"],
                "properties": {"city": {"type": "string"}, "temperature_c": {"type": "number"}}}
 PNG = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\nsuite").decode()
