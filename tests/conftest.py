@@ -6,11 +6,11 @@ import textwrap
 import aiohttp
 import openai
 import pytest
-from aiohttp import web
 
 from proxy.app import create_app
 from proxy.config import parse_config
 from proxy.gateway import Gateway
+from tests.fakes import serve_loopback
 from tests.fakes.faulty_upstream import FaultyUpstream
 from tests.fakes.openai_upstream import FakeOpenAI, start
 
@@ -53,13 +53,9 @@ async def make_gateway(tmp_path):
         config = parse_config(text, str(path), env=env or {})
         gateway = Gateway(config, str(path))
         app = create_app(gateway)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
+        runner, url = await serve_loopback(app)
         runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]
-        return Running(f"http://127.0.0.1:{port}", app, gateway, runner)
+        return Running(url, app, gateway, runner)
 
     yield make
     for runner in runners:

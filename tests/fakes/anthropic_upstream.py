@@ -53,6 +53,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.fakes import serve_loopback
 from tests.fakes.answers import asks_for_tool, attachments_note, cities_in, sample, split, tokens
 
 API_KEY = "sk-ant-test"
@@ -399,10 +400,5 @@ def _result_text(block: dict) -> str:
 
 async def start(fake: FakeAnthropic) -> tuple[web.AppRunner, str]:
     """Serve the fake on 127.0.0.1; returns (runner, base URL without /v1)."""
-    runner = web.AppRunner(fake.app, handler_cancellation=True, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    fake.url = f"http://127.0.0.1:{port}"
+    runner, fake.url = await serve_loopback(fake.app)
     return runner, fake.url

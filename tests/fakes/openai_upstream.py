@@ -35,6 +35,7 @@ import time
 import orjson
 from aiohttp import web
 
+from tests.fakes import serve_loopback
 from tests.fakes.answers import asks_for_tool, attachments_note, cities_in, sample, split, tokens
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures" / "openai"
@@ -294,9 +295,6 @@ def smart_chunks(message: dict, finish: str, usage: dict | None) -> list[dict]:
 
 
 async def start(fake: FakeOpenAI) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(fake.app, handler_cancellation=True, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    return runner, f"http://127.0.0.1:{port}/v1"
+    """Serve the fake on 127.0.0.1; returns (runner, base URL with /v1)."""
+    runner, origin = await serve_loopback(fake.app)
+    return runner, origin + "/v1"
