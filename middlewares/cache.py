@@ -24,6 +24,9 @@ from proxy.sse import split_events
 # fields that cannot change the answer's content
 IGNORED = frozenset(("stream", "stream_options", "cache", "preset", "model", "user", "metadata", "store",
                      "service_tier", "models"))
+FINISHED = ("stop", "tool_calls")   # a complete answer; "length" and the rest are not stored
+NO_CONTROLS = {"no-cache": False, "no-store": False, "ttl": None}   # read only
+ROUTE_MEMO = 1024
 
 
 class Cache(Middleware):
@@ -32,13 +35,14 @@ class Cache(Middleware):
     def __init__(self, gateway, shared: bool | None):
         self.gateway = gateway
         self.shared = shared
+        self.routes: dict[tuple, bytes] = {}   # (model name, effort) -> route_part(); one config's
 
     async def handle(self, ctx, call_next):
         if ctx.endpoint != "chat" or ctx.body is None:
             return await call_next(ctx)
         config = ctx.state.config.cache
-        route = resolve_route(ctx).route
-        enabled = config.enabled if route.cache is None else route.cache
+        match = resolve_route(ctx)
+        enabled = config.enabled if match.route.cache is None else match.route.cache
         if not enabled:
             ctx.response_headers["x-cache"] = "MISS"
             return await call_next(ctx)
@@ -47,7 +51,7 @@ class Cache(Middleware):
             ctx.cache_status = ctx.response_headers["x-cache"] = "MISS"
             return await call_next(ctx)
         store = self.gateway.response_cache
-        key = cache_key(ctx, self.shared if self.shared is not None else config.shared)
+        key = self.key(ctx, match, self.shared if self.shared is not None else config.shared)
         if not control["no-cache"]:
             hit = await store.get(key)
             if hit is not None:
@@ -57,10 +61,22 @@ class Cache(Middleware):
         reply = await call_next(ctx)
         if isinstance(reply, JSONReply):
             if reply.status == 200 and isinstance(reply.body, dict) and _complete(reply.body):
-                store.put_later(key, _stored(ctx, reply.body), ttl)
+                # serialised here once: the same bytes answer the client and go into the cache
+                reply.body = orjson.dumps(reply.body)
+                store.put_later(key, _stored(ctx, orjson.Fragment(reply.body)), ttl)
             return reply
         reply.events = self._tee(ctx, reply.events, key, ttl)
         return reply
+
+    def key(self, ctx, match, shared: bool) -> str:
+        """cache_key(), with the serialised route part memoised per (model name, effort)."""
+        name = (match.public_model, match.reasoning_effort)
+        route = self.routes.get(name)
+        if route is None:
+            if len(self.routes) >= ROUTE_MEMO:     # wildcard routes: names are the client's
+                self.routes.clear()
+            route = self.routes[name] = route_part(match)
+        return cache_key(ctx, shared, route)
 
     def _hit(self, ctx, stored: dict):
         ctx.cache_hit = True
@@ -103,17 +119,25 @@ async def _aiter(items) -> AsyncIterator[bytes]:
 
 
 def _complete(completion: dict) -> bool:
-    choices = completion.get("choices") or ()
-    return bool(choices) and all(c.get("finish_reason") in ("stop", "tool_calls") for c in choices)
+    choices = completion.get("choices")
+    if not choices:
+        return False
+    for choice in choices:
+        if choice.get("finish_reason") not in FINISHED:
+            return False
+    return True
 
 
-def _stored(ctx, completion: dict) -> bytes:
+def _stored(ctx, completion: dict | orjson.Fragment) -> bytes:
     return orjson.dumps({"completion": completion, "provider": ctx.provider, "upstream_model": ctx.upstream_model})
 
 
 def _controls(ctx) -> dict:
+    header = ctx.request.headers.get("Cache-Control")
+    if header is None and "cache" not in ctx.body:
+        return NO_CONTROLS
     out = {"no-cache": False, "no-store": False, "ttl": None}
-    header = ctx.request.headers.get("Cache-Control", "").lower()
+    header = (header or "").lower()
     if "no-store" in header:
         out["no-store"] = True
     if "no-cache" in header:
@@ -137,19 +161,24 @@ def _controls(ctx) -> dict:
     return out
 
 
-def cache_key(ctx, shared: bool) -> str:
+def route_part(match) -> bytes:
+    """The resolved route of the canonical request, serialised: route, targets, effort."""
+    route = match.route
+    return orjson.dumps([route.name, [(t.provider, match.upstream_model(t)) for t in route.targets],
+                         match.reasoning_effort])
+
+
+def cache_key(ctx, shared: bool, route: bytes) -> str:
     """A 128-bit BLAKE2b digest (32 hex characters: a short key keeps diskcache's index small)
-    of the canonical request: scope, resolved route and targets, every output-affecting field
-    (JSON key order and `stream` do not matter)."""
-    match = ctx.match
-    canonical = {
-        "scope": None if shared or ctx.key is None else ctx.key.id,
-        "route": match.route.name,
-        "targets": [(t.provider, match.upstream_model(t)) for t in match.route.targets],
-        "effort": match.reasoning_effort,
-        "body": {k: v for k, v in ctx.body.items() if k not in IGNORED},
-    }
-    return hashlib.blake2b(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+    of the canonical request: resolved route and targets (`route_part`), scope, every
+    output-affecting field (JSON key order and `stream` do not matter). The three parts are
+    JSON texts hashed one after the other, which a JSON reader can take apart again: no two
+    requests share the bytes."""
+    digest = hashlib.blake2b(route, digest_size=16)
+    digest.update(orjson.dumps(None if shared or ctx.key is None else ctx.key.id))
+    digest.update(orjson.dumps({k: v for k, v in ctx.body.items() if k not in IGNORED},
+                               option=orjson.OPT_SORT_KEYS))
+    return digest.hexdigest()
 
 
 def cache(gateway, config, *, shared: bool | None = None) -> Cache:
