@@ -1,9 +1,10 @@
 """Prometheus metrics, correct with several worker processes.
 
-Each process counts in memory (`observe(row)` per request: a few dict updates). Every second,
-if anything changed, it writes a snapshot to `data_dir/metrics/<pid>.json` (write + atomic
-rename, in a thread). `render()` / `arender()` merges the files of all workers, using this
-process's live state instead of its own file, into Prometheus text format 0.0.4.
+Each process counts in memory (`observe(row)` per request queues the row; the rows are
+counted in one pass per snapshot). Every second, if anything changed, it writes a snapshot to
+`data_dir/metrics/<pid>.json` (write + atomic rename, in a thread). `render()` / `arender()`
+merges the files of all workers, using this process's live state instead of its own file,
+into Prometheus text format 0.0.4.
 
 Counters and histograms are summed over all files, including those of dead workers, so totals
 stay monotonic. Every minute a worker folds dead workers' files into `metrics/dead.json` (under
@@ -33,7 +34,6 @@ log = structlog.get_logger(__name__)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 TOKEN_KINDS = ("prompt", "completion", "cached", "cache_write", "reasoning")
-_TOKEN_COLUMNS = tuple((kind, kind + "_tokens") for kind in TOKEN_KINDS)
 
 COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "modelway_requests_total": ("Requests by model, provider and HTTP status.",
@@ -51,6 +51,7 @@ HISTOGRAMS: dict[str, tuple[str, tuple[str, ...], tuple[float, ...]]] = {
     "modelway_ttft_seconds": ("Time to first token of streamed answers.", ("model",),
                               TTFT_BUCKETS),
 }
+FOLD_AT = 4096       # observed rows waiting to be counted at most
 DEAD_FILE = "dead.json"
 COMPACT_EVERY = 60.0
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -78,6 +79,10 @@ class Metrics:
         self.instance = secrets.token_hex(8)
         self.interval = interval
         self._counters: dict[str, dict[Labels, float]] = {n: {} for n in COUNTERS}
+        # (model, provider, status) -> [requests, prompt, completion, cached, cache_write and
+        # reasoning tokens, cost, cache hits], the per-request counters (see observe)
+        self._requests: dict[tuple, list] = {}
+        self._rows: list[dict] = []      # observed, not yet counted
         self._hists: dict[str, dict[Labels, list]] = {n: {} for n in HISTOGRAMS}
         self._gauges: dict[str, dict[Labels, float]] = {}
         self._gauge_help: dict[str, str] = {}
@@ -86,33 +91,64 @@ class Metrics:
 
     # --- recording (event loop) ----------------------------------------------------------
     def observe(self, row: dict) -> None:
-        """Count one finished request: the same row dict the ledger gets."""
+        """Count one finished request: the same row dict the ledger gets (not to be changed
+        afterwards). It is queued, and counted with the others in one pass when the next
+        snapshot is taken (every `interval`, and for every /metrics answer), or when
+        FOLD_AT are waiting: one tight loop is cheaper than the same work spread over requests."""
+        self._rows.append(row)
+        if len(self._rows) >= FOLD_AT:
+            self._fold()
+        self._dirty = True
+
+    def _fold(self) -> None:
+        rows, self._rows = self._rows, []
+        for row in rows:
+            self._count(row)
+
+    def _count(self, row: dict) -> None:
+        """Into one list per (model, provider, status), which snapshot() folds into the
+        exported series, and the histograms."""
         get = row.get
         model = get("model") or ""
         provider = get("provider") or ""
-        c = self._counters
-        _add(c["modelway_requests_total"], (model, provider, str(get("status") or 0)), 1)
-        tokens = c["modelway_tokens_total"]
-        for kind, column in _TOKEN_COLUMNS:
-            n = get(column)
-            if n:
-                labels = (model, kind)
-                tokens[labels] = tokens.get(labels, 0) + n
-        cost = get("cost")
-        if cost:
-            _add(c["modelway_cost_usd_total"], (model,), cost)
+        labels = (model, provider, get("status") or 0)
+        s = self._requests.get(labels)
+        if s is None:
+            s = self._requests[labels] = [0, 0, 0, 0, 0, 0, 0.0, 0]
+        s[0] += 1
+        s[1] += get("prompt_tokens") or 0
+        s[2] += get("completion_tokens") or 0
+        s[3] += get("cached_tokens") or 0
+        s[4] += get("cache_write_tokens") or 0
+        s[5] += get("reasoning_tokens") or 0
+        s[6] += get("cost") or 0
         if get("cache_hit"):
-            _add(c["modelway_cache_hits_total"], (model,), 1)
+            s[7] += 1
         error = get("error_type")
         if error and provider and get("attempts"):
-            _add(c["modelway_upstream_errors_total"], (provider, error), 1)
+            _add(self._counters["modelway_upstream_errors_total"], (provider, error), 1)
         latency = get("latency_ms")
         if latency is not None:
             self._observe_hist("modelway_request_latency_seconds", (model,), latency / 1000)
         ttft = get("ttft_ms")
         if ttft is not None:
             self._observe_hist("modelway_ttft_seconds", (model,), ttft / 1000)
-        self._dirty = True
+
+    def _counter_series(self) -> dict[str, dict[Labels, float]]:
+        """The counters with the per-request lists folded in: {name: {labels: value}}."""
+        out = {n: dict(series) for n, series in self._counters.items()}
+        requests, tokens = out["modelway_requests_total"], out["modelway_tokens_total"]
+        cost, hits = out["modelway_cost_usd_total"], out["modelway_cache_hits_total"]
+        for (model, provider, status), s in self._requests.items():
+            _add(requests, (model, provider, str(status)), s[0])
+            for i, kind in enumerate(TOKEN_KINDS, 1):
+                if s[i]:
+                    _add(tokens, (model, kind), s[i])
+            if s[6]:
+                _add(cost, (model,), s[6])
+            if s[7]:
+                _add(hits, (model,), s[7])
+        return out
 
     def inc(self, name: str, labels: Labels, value: float = 1) -> None:
         """Add to one of COUNTERS; `labels` are the values in its label-name order."""
@@ -141,10 +177,11 @@ class Metrics:
     # --- snapshots -----------------------------------------------------------------------
     def snapshot(self) -> dict:
         """A JSON-able copy of this process's state (taken on the loop thread)."""
+        self._fold()
         return {
             "pid": self.pid, "instance": self.instance, "time": time.time(),
             "counters": {n: [[list(k), v] for k, v in s.items()]
-                         for n, s in self._counters.items()},
+                         for n, s in self._counter_series().items()},
             "histograms": {n: [[list(k), list(h)] for k, h in s.items()]
                            for n, s in self._hists.items()},
             "gauges": {n: {"help": self._gauge_help[n],
