@@ -3,6 +3,7 @@ becomes one ledger row and one metrics observation. Writes are batched off the r
 by the LedgerWriter."""
 from __future__ import annotations
 
+from proxy.context import round_ms
 from proxy.pipeline import Middleware
 
 INFERENCE = frozenset(("chat", "messages", "embeddings"))
@@ -22,8 +23,8 @@ def ledger_row(ctx) -> dict:
         "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
         "cached_tokens": u.cached_tokens, "cache_write_tokens": u.cache_write_tokens,
         "reasoning_tokens": u.reasoning_tokens, "attempts": ctx.attempts,
-        "cost": ctx.cost, "latency_ms": round(ctx.elapsed_ms(), 3),
-        "ttft_ms": round(ctx.ttft_ms, 3) if ctx.ttft_ms is not None else None,
+        "cost": ctx.cost, "latency_ms": round_ms(ctx.latency_ms, 1000),
+        "ttft_ms": round_ms(ctx.ttft_ms, 1000) if ctx.ttft_ms is not None else None,
     }
 
 

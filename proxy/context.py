@@ -12,6 +12,11 @@ if TYPE_CHECKING:
     from proxy.gateway import Gateway, State
 
 
+def round_ms(ms: float, per: int) -> float:
+    """A non-negative duration rounded to 1/per ms (round(x, n) formats the float: slower)."""
+    return int(ms * per + 0.5) / per
+
+
 @dataclass(slots=True)
 class Usage:
     """Token usage in OpenAI's meaning: prompt_tokens includes cached and cache-write tokens."""
@@ -144,6 +149,7 @@ class RequestContext:
     cache_hit: bool = False
     cache_status: str | None = None    # HIT | MISS | BYPASS
     ttft_ms: float | None = None
+    latency_ms: float = 0.0            # until the request completed (set once, for the observers)
     partial: bool = False
     attempts: int = 0
     response_headers: dict[str, str] = field(default_factory=dict)
@@ -153,8 +159,9 @@ class RequestContext:
     def route(self) -> "ModelRoute | None":
         return self.match.route if self.match else None
 
-    def elapsed_ms(self) -> float:
-        return (time.perf_counter() - self.started) * 1000.0
+    def complete(self) -> None:
+        """The request is over: fix its latency, then the chain's observers see it."""
+        self.latency_ms = (time.perf_counter() - self.started) * 1000.0
 
     def mark_first_token(self) -> None:
         if self.ttft_ms is None:

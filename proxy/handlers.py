@@ -146,6 +146,7 @@ async def run(request: web.Request, ctx: RequestContext, prepare, adapt=None) ->
         state.inflight -= 1
         if ctx.usage.known and not ctx.cost:
             ctx.finalize_cost()
+        ctx.complete()
         state.chain.finish(ctx)
 
 
