@@ -46,15 +46,16 @@ class RateLimit(Middleware):
         counters = self.gateway.counters
         if key.minute_limit is not None:
             allowed, remaining, reset = counters.hit(key.id, key.minute_limit)
-            headers = {"X-RateLimit-Limit-Minute": str(key.minute_limit),
-                       "X-RateLimit-Remaining-Minute": str(remaining),
-                       "X-RateLimit-Reset-Minute": str(reset)}
-            ctx.response_headers.update(headers)
+            headers = ctx.response_headers
+            headers["X-RateLimit-Limit-Minute"] = str(key.minute_limit)
+            headers["X-RateLimit-Remaining-Minute"] = str(remaining)
+            headers["X-RateLimit-Reset-Minute"] = str(reset)
             if not allowed:
                 raise RateLimited(f"Rate limit of {key.minute_limit} requests per minute exceeded.",
                                   code="minute_limit_exceeded", headers={"Retry-After": str(max(reset, 1))},
                                   tip=f"Retry after {max(reset, 1)} s or ask for a higher minute_limit.")
-        self._check_spend(key, counters)
+        if key.daily_limit is not None or key.balance is not None:
+            self._check_spend(key, counters)
         if key.max_concurrent is not None:
             if not counters.acquire(key.id, key.max_concurrent):
                 raise RateLimited(f"Too many concurrent requests for this key (max {key.max_concurrent}).",

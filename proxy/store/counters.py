@@ -56,6 +56,7 @@ DEFAULT_SLOTS = 4096
 SPEND_FLUSH_SECONDS = 0.25
 LEASE = 32           # requests a process counts at once against a key's minute window...
 LEASE_FROM = 64 * LEASE   # ...while this many or more are left in it; below, one by one
+MAX_DEFERRED = 4096  # deferred spend entries kept in memory at most before a flush
 
 T = TypeVar("T")
 
@@ -88,7 +89,7 @@ class SharedCounters:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         self._mutex = threading.RLock()
-        self._spend: dict[tuple[str, int], int] = {}   # (key id, UTC day) -> micro-USD not yet in the file
+        self._spend: list[tuple[str, float, float]] = []   # (key id, USD, unix time) not yet in the file
         self._leases: dict[str, list] = {}   # key id -> [minute, limit, hits left, remaining to report]
         self._index: dict[str, int] = {}     # key_id -> byte offset of its slot
         self._held: dict[str, int] = {}      # in-flight counts this process acquired
@@ -166,7 +167,7 @@ class SharedCounters:
         Returns (allowed, remaining requests, seconds until reset/retry)."""
         now = time.time() if now is None else now
         minute = int(now // 60)
-        reset = max(1, math.ceil(60 - now % 60))
+        reset = 60 - int(now % 60)      # ceil(60 - seconds into the minute): 1..60
         with self._mutex:
             lease = self._leases.get(key_id)
             if lease is not None and lease[0] == minute and lease[1] == limit and lease[2] > 0:
@@ -202,13 +203,14 @@ class SharedCounters:
         """Add to the key's spend today, in the shared slot at once, or with `defer` in this
         process's memory: counted here at once (`spend_today`), moved into the file by the next
         `flush_spend()` (the gateway calls it every SPEND_FLUSH_SECONDS, and `close()` does)."""
-        day = int((time.time() if now is None else now) // 86400)
-        micro = round(usd * 1_000_000)
+        now = time.time() if now is None else now
         with self._mutex:
             if defer:
-                self._spend[key_id, day] = self._spend.get((key_id, day), 0) + micro
+                self._spend.append((key_id, usd, now))
+                if len(self._spend) >= MAX_DEFERRED:
+                    self.flush_spend()
             else:
-                self._add_spend(key_id, day, micro)
+                self._add_spend(key_id, int(now // 86400), round(usd * 1_000_000))
 
     def _add_spend(self, key_id: str, day: int, micro: int) -> None:
         def step(f: list) -> None:
@@ -219,11 +221,19 @@ class SharedCounters:
 
         self._update(key_id, step)
 
+    def _deferred(self, entries: list[tuple[str, float, float]]) -> dict[tuple[str, int], int]:
+        """Deferred spend added up: {(key id, UTC day): micro-USD}."""
+        totals: dict[tuple[str, int], int] = {}
+        for key_id, usd, at in entries:
+            slot = key_id, int(at // 86400)
+            totals[slot] = totals.get(slot, 0) + round(usd * 1_000_000)
+        return totals
+
     def flush_spend(self) -> None:
         """Move this process's pending spend into the shared slots."""
         with self._mutex:
-            pending, self._spend = self._spend, {}
-            for (key_id, day), micro in pending.items():
+            pending, self._spend = self._spend, []
+            for (key_id, day), micro in self._deferred(pending).items():
                 self._add_spend(key_id, day, micro)
 
     def spend_today(self, key_id: str, now: float | None = None) -> float:
@@ -231,7 +241,7 @@ class SharedCounters:
         day = int((time.time() if now is None else now) // 86400)
         with self._mutex:
             micro = self._update(key_id, lambda f: f[5] if f[4] == day else 0) or 0
-            micro += self._spend.get((key_id, day), 0)
+            micro += self._deferred([e for e in self._spend if e[0] == key_id]).get((key_id, day), 0)
         return micro / 1_000_000
 
     # --- requests in flight ----------------------------------------------------------------
