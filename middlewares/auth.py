@@ -14,15 +14,16 @@ from proxy.pipeline import Middleware
 DIGEST_MEMO = 1024
 
 
-def static_identities(config) -> dict[str, KeyIdentity]:
+def static_identities(config) -> dict[str, tuple[KeyIdentity, bool, float | None]]:
+    """sha256 -> (identity, disabled, expires_at) of the keys in routes.yaml."""
     out = {}
     for k in config.keys:
         out[k.sha256] = (KeyIdentity(id=f"static:{k.label}", label=k.label, allowed_models=k.allowed_models,
                                      minute_limit=k.minute_limit, daily_limit=k.daily_limit, balance=k.balance,
-                                     max_concurrent=k.max_concurrent, source="static"), k)
+                                     max_concurrent=k.max_concurrent, source="static"), k.disabled, k.expires_at)
     for k in config.management_keys:
         out[k.sha256] = (KeyIdentity(id=f"management:{k.label}", label=k.label, management=True,
-                                     source="management"), k)
+                                     source="management"), False, None)
     return out
 
 
@@ -65,10 +66,10 @@ class Auth(Middleware):
             digest = self.digests[secret] = hashlib.sha256(secret.encode()).hexdigest()
         found = self.static.get(digest)
         if found is not None:
-            identity, spec = found
-            if getattr(spec, "disabled", False):
+            identity, disabled, expires = found
+            if disabled:
                 raise AuthenticationError("This API key is disabled.", code="key_disabled")
-            if getattr(spec, "expires_at", None) and spec.expires_at <= time.time():
+            if expires and expires <= time.time():
                 raise AuthenticationError("This API key has expired.", code="key_expired")
         else:
             record = self.gateway.keys.lookup(digest)

@@ -30,11 +30,15 @@ class Presets(Middleware):
     name = "presets"
 
     def before(self, ctx) -> None:
-        if ctx.body is not None and ctx.endpoint in ("chat", "messages"):
-            ref = parse_reference(ctx.body.get("model"), ctx.body.get("preset"))
+        body = ctx.body
+        if body is not None and ctx.endpoint in ("chat", "messages"):
+            model = body.get("model")
+            if "preset" not in body and not (isinstance(model, str) and model.startswith(PREFIXES)):
+                return      # the usual request: no preset
+            ref = parse_reference(model, body.get("preset"))
             if ref is not None:
                 apply(ctx, *ref)
-            elif "preset" in ctx.body:
+            elif "preset" in body:
                 raise InvalidRequest("'preset' must be a non-empty string naming a preset.", param="preset")
 
 
