@@ -9,23 +9,20 @@ from proxy.pipeline import Middleware
 INFERENCE = frozenset(("chat", "messages", "embeddings"))
 
 
-def ledger_row(ctx) -> dict:
+def ledger_row(ctx) -> tuple:
+    """The request's ledger row: values in LEDGER_COLUMNS order (see proxy.store.ledger)."""
     u = ctx.usage
     key = ctx.key
-    return {
-        "created_at": ctx.created, "request_id": ctx.request_id,
-        "key_id": key.id if key else None, "key_label": key.label if key else None,
-        "managed": bool(key and key.source == "managed"),
-        "model": ctx.match.public_model if ctx.match else ctx.model, "preset": ctx.preset,
-        "provider": ctx.provider, "upstream_model": ctx.upstream_model, "endpoint": ctx.endpoint,
-        "status": ctx.status, "error_type": ctx.error_type, "stream": ctx.stream,
-        "cache_hit": ctx.cache_hit, "partial": ctx.partial,
-        "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-        "cached_tokens": u.cached_tokens, "cache_write_tokens": u.cache_write_tokens,
-        "reasoning_tokens": u.reasoning_tokens, "attempts": ctx.attempts,
-        "cost": ctx.cost, "latency_ms": round_ms(ctx.latency_ms, 1000),
-        "ttft_ms": round_ms(ctx.ttft_ms, 1000) if ctx.ttft_ms is not None else None,
-    }
+    match = ctx.match
+    ttft = ctx.ttft_ms
+    return (
+        ctx.created, ctx.request_id, key.id if key else None, key.label if key else None,
+        match.public_model if match else ctx.model, ctx.preset, ctx.provider, ctx.upstream_model,
+        ctx.endpoint, ctx.status, ctx.error_type, ctx.stream, ctx.cache_hit,
+        u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.cache_write_tokens, u.reasoning_tokens,
+        ctx.cost, round_ms(ctx.latency_ms, 1000), None if ttft is None else round_ms(ttft, 1000),
+        ctx.partial, ctx.attempts,
+    )
 
 
 class Accounting(Middleware):

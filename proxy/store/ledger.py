@@ -1,9 +1,10 @@
 """The token accounting ledger: one SQLite row per request, written in batches off the loop.
 
-`LedgerWriter.record(row)` appends the row dict to an in-memory list and returns; a background
-task flushes the list every `interval` seconds (0.25 by default) with one `executemany` INSERT
-in the database thread. In the same transaction managed keys (`row["managed"]` true) are
-charged: `api_keys.balance -= cost` and `last_used_at` moves forward.
+`LedgerWriter.record(values)` appends one row, a tuple in LEDGER_COLUMNS order, to an
+in-memory list and returns; a background task flushes the list every `interval` seconds (0.25
+by default) with multi-row INSERTs in the database thread. In the same transaction managed keys
+are charged: `api_keys.balance -= cost` and `last_used_at` moves forward for every key id of
+the batch that is a managed key (static and management keys have no row there).
 
 Durability: `close()` flushes everything, so a graceful shutdown loses nothing. A crash (kill -9,
 power loss) loses at most the rows recorded during the last flush interval, plus the last
@@ -11,14 +12,15 @@ committed transactions that `synchronous=NORMAL` in WAL mode had not yet synced 
 power loss. A failed flush (e.g. the disk is full) keeps its rows in memory and retries; beyond
 `max_pending` rows the oldest are dropped and logged.
 
-Row dict keys (all optional except as noted; unknown keys are ignored):
-    created_at (unix s; defaults to the time of record()), request_id, key_id, key_label,
+The columns (`row_values(dict)` makes the tuple from a dict of any of them, None for the rest):
+    created_at (unix s; row_values defaults it to now), request_id, key_id, key_label,
     model, preset, provider, upstream_model, endpoint, status (int), error_type,
-    stream, cache_hit, partial (bools), prompt_tokens, completion_tokens, cached_tokens,
-    cache_write_tokens, reasoning_tokens, attempts (ints), cost (USD), latency_ms,
-    ttft_ms (None if no token came), managed (bool: key_id is a managed key to charge).
-The ledger owns the dict after record(); do not mutate it afterwards. Rows recorded after
-close() wait for the next flush() or close().
+    stream, cache_hit (bools), prompt_tokens, completion_tokens, cached_tokens,
+    cache_write_tokens, reasoning_tokens (ints), cost (USD), latency_ms,
+    ttft_ms (None if no token came), partial (bool), attempts (int).
+A tuple, not a dict: the row is built on every request, and a dict of 23 keys costs several
+times as much to build. Values of the wrong type are converted at the write, or the row is
+logged and skipped. Rows recorded after close() wait for the next flush() or close().
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ log = structlog.get_logger(__name__)
 
 GROUPS = ("day", "model", "key")
 _BOOL_COLUMNS = ("stream", "cache_hit", "partial")
-_COST = LEDGER_COLUMNS.index("cost")
+_WIDTH = len(LEDGER_COLUMNS)
+_COST, _KEY_ID, _REQUEST_ID = (LEDGER_COLUMNS.index(c) for c in ("cost", "key_id", "request_id"))
 _ROW = f"({', '.join('?' * len(LEDGER_COLUMNS))})"
 _INSERT = f"INSERT INTO ledger ({', '.join(LEDGER_COLUMNS)}) VALUES "
 
@@ -76,34 +79,46 @@ _AS_IS = {_text: (str, _NONE), _int0: int, _float0: (float, int), _int: (int, _N
 _ACCEPTED = tuple(_AS_IS[conv] for conv in _CONVERTERS)
 
 
-def _values(row: dict) -> tuple:
+def row_values(row: dict) -> tuple:
+    """The record() tuple of a row given as a dict (keys: LEDGER_COLUMNS; unknown ones ignored)."""
     values = tuple(map(row.get, LEDGER_COLUMNS))
-    if all(map(isinstance, values, _ACCEPTED)):     # the usual case, checked without a Python loop
+    return values if values[0] is not None else (time.time(), *values[1:])
+
+
+def _checked(values: tuple) -> tuple:
+    if len(values) == _WIDTH and all(map(isinstance, values, _ACCEPTED)):   # the usual case
         return values
+    if len(values) != _WIDTH:
+        raise ValueError(f"a ledger row has {_WIDTH} values, not {len(values)}")
     return tuple(conv(v) for v, conv in zip(values, _CONVERTERS))
 
 
-def write_batch(conn: sqlite3.Connection, rows: list[dict]) -> None:
+def write_batch(conn: sqlite3.Connection, rows: list[tuple]) -> None:
     """Insert the rows and charge managed keys, in one transaction (database thread). A row
     whose values cannot be converted is logged and skipped, so it cannot block the rest."""
     values: list[tuple] = []
     charges: dict[str, list[float]] = {}
     for row in rows:
         try:
-            v = _values(row)
+            v = _checked(row)
         except (TypeError, ValueError) as exc:
-            log.error("ledger_row_invalid", error=repr(exc), request_id=row.get("request_id"))
+            rid = row[_REQUEST_ID] if isinstance(row, tuple) and len(row) > _REQUEST_ID else None
+            log.error("ledger_row_invalid", error=repr(exc), request_id=rid)
             continue
         values.append(v)
-        key_id = row.get("key_id")
-        if key_id and row.get("managed"):
-            c = charges.setdefault(key_id, [0.0, 0.0])
-            c[0] += v[_COST]
-            c[1] = max(c[1], v[0])
+        key_id = v[_KEY_ID]
+        if key_id:
+            c = charges.get(key_id)
+            if c is None:
+                charges[key_id] = [v[_COST], v[0]]
+            else:
+                c[0] += v[_COST]
+                c[1] = max(c[1], v[0])
     with transaction(conn):
         insert_rows(conn, _INSERT, _ROW, values)
         if not charges:
             return
+        # static and management keys have no api_keys row: these touch managed keys only
         conn.executemany(
             "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?",
             [(at, key_id) for key_id, (_, at) in charges.items()])
@@ -204,7 +219,7 @@ class LedgerWriter:
         self.db = db
         self.interval = interval
         self.max_pending = max_pending
-        self._pending: list[dict] = []
+        self._pending: list[tuple] = []
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
         self._inflight: asyncio.Future | None = None
@@ -213,11 +228,9 @@ class LedgerWriter:
     def pending(self) -> int:
         return len(self._pending)
 
-    def record(self, row: dict) -> None:
-        """Queue one ledger row. O(1); never blocks, never raises for a well-formed dict."""
-        if "created_at" not in row:
-            row["created_at"] = time.time()
-        self._pending.append(row)
+    def record(self, values: tuple) -> None:
+        """Queue one ledger row (LEDGER_COLUMNS order). O(1); never blocks, never raises."""
+        self._pending.append(values)
 
     async def start(self) -> None:
         await self.db.open()
@@ -245,7 +258,7 @@ class LedgerWriter:
             self._inflight = write
             await asyncio.shield(write)
 
-    def _requeue_on_failure(self, batch: list[dict], write: asyncio.Future) -> None:
+    def _requeue_on_failure(self, batch: list[tuple], write: asyncio.Future) -> None:
         exc = write.exception() if not write.cancelled() else asyncio.CancelledError()
         if exc is None:
             return

@@ -1,6 +1,6 @@
 """Prometheus metrics, correct with several worker processes.
 
-Each process counts in memory (`observe(row)` per request queues the row; the rows are
+Each process counts in memory (`observe(row)` per request queues the ledger row; they are
 counted in one pass per snapshot). Every second, if anything changed, it writes a snapshot to
 `data_dir/metrics/<pid>.json` (write + atomic rename, in a thread). `render()` / `arender()`
 merges the files of all workers, using this process's live state instead of its own file,
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import fcntl
+import operator
 import os
 import re
 import secrets
@@ -27,7 +28,7 @@ from typing import Any
 import orjson
 import structlog
 
-from proxy.store.db import stop_task
+from proxy.store.db import LEDGER_COLUMNS, stop_task
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +52,10 @@ HISTOGRAMS: dict[str, tuple[str, tuple[str, ...], tuple[float, ...]]] = {
     "modelway_ttft_seconds": ("Time to first token of streamed answers.", ("model",),
                               TTFT_BUCKETS),
 }
+# the ledger row's values _count() takes, in its argument order
+_OBSERVED = operator.itemgetter(*(LEDGER_COLUMNS.index(c) for c in (
+    "model", "provider", "status", "error_type", "cache_hit", "prompt_tokens", "completion_tokens",
+    "cached_tokens", "cache_write_tokens", "reasoning_tokens", "cost", "latency_ms", "ttft_ms", "attempts")))
 FOLD_AT = 4096       # observed rows waiting to be counted at most
 DEAD_FILE = "dead.json"
 COMPACT_EVERY = 60.0
@@ -82,7 +87,7 @@ class Metrics:
         # (model, provider, status) -> [requests, prompt, completion, cached, cache_write and
         # reasoning tokens, cost, cache hits], the per-request counters (see observe)
         self._requests: dict[tuple, list] = {}
-        self._rows: list[dict] = []      # observed, not yet counted
+        self._rows: list[tuple] = []     # observed, not yet counted
         self._hists: dict[str, dict[Labels, list]] = {n: {} for n in HISTOGRAMS}
         self._gauges: dict[str, dict[Labels, float]] = {}
         self._gauge_help: dict[str, str] = {}
@@ -90,10 +95,10 @@ class Metrics:
         self._task: asyncio.Task | None = None
 
     # --- recording (event loop) ----------------------------------------------------------
-    def observe(self, row: dict) -> None:
-        """Count one finished request: the same row dict the ledger gets (not to be changed
-        afterwards). It is queued, and counted with the others in one pass when the next
-        snapshot is taken (every `interval`, and for every /metrics answer), or when
+    def observe(self, row: tuple) -> None:
+        """Count one finished request: the ledger row (a tuple in LEDGER_COLUMNS order, not to
+        be changed afterwards). It is queued, and counted with the others in one pass when the
+        next snapshot is taken (every `interval`, and for every /metrics answer), or when
         FOLD_AT are waiting: one tight loop is cheaper than the same work spread over requests."""
         self._rows.append(row)
         if len(self._rows) >= FOLD_AT:
@@ -103,34 +108,31 @@ class Metrics:
     def _fold(self) -> None:
         rows, self._rows = self._rows, []
         for row in rows:
-            self._count(row)
+            self._count(*_OBSERVED(row))
 
-    def _count(self, row: dict) -> None:
+    def _count(self, model, provider, status, error, cache_hit, prompt, completion, cached,
+               cache_write, reasoning, cost, latency, ttft, attempts) -> None:
         """Into one list per (model, provider, status), which snapshot() folds into the
         exported series, and the histograms."""
-        get = row.get
-        model = get("model") or ""
-        provider = get("provider") or ""
-        labels = (model, provider, get("status") or 0)
+        model = model or ""
+        provider = provider or ""
+        labels = (model, provider, status or 0)
         s = self._requests.get(labels)
         if s is None:
             s = self._requests[labels] = [0, 0, 0, 0, 0, 0, 0.0, 0]
         s[0] += 1
-        s[1] += get("prompt_tokens") or 0
-        s[2] += get("completion_tokens") or 0
-        s[3] += get("cached_tokens") or 0
-        s[4] += get("cache_write_tokens") or 0
-        s[5] += get("reasoning_tokens") or 0
-        s[6] += get("cost") or 0
-        if get("cache_hit"):
+        s[1] += prompt or 0
+        s[2] += completion or 0
+        s[3] += cached or 0
+        s[4] += cache_write or 0
+        s[5] += reasoning or 0
+        s[6] += cost or 0
+        if cache_hit:
             s[7] += 1
-        error = get("error_type")
-        if error and provider and get("attempts"):
+        if error and provider and attempts:
             _add(self._counters["modelway_upstream_errors_total"], (provider, error), 1)
-        latency = get("latency_ms")
         if latency is not None:
             self._observe_hist("modelway_request_latency_seconds", (model,), latency / 1000)
-        ttft = get("ttft_ms")
         if ttft is not None:
             self._observe_hist("modelway_ttft_seconds", (model,), ttft / 1000)
 

@@ -102,13 +102,13 @@ def test_sync_methods_for_the_cli(tmp_path):
 
 
 async def test_balance_charged_by_another_worker_reaches_the_index(tmp_path, store):
-    from proxy.store.ledger import LedgerWriter
+    from proxy.store.ledger import LedgerWriter, row_values
 
     record, secret = await store.acreate("prepaid", balance=2.0)
     worker_db = Database(tmp_path)
     ledger = LedgerWriter(worker_db, interval=0.05)
     await ledger.start()
-    ledger.record({"key_id": record["id"], "managed": True, "model": "m", "cost": 0.5})
+    ledger.record(row_values({"key_id": record["id"], "model": "m", "cost": 0.5}))
     digest = hash_secret(secret)
     assert await _within(1.0, lambda: store.lookup(digest)["balance"] == pytest.approx(1.5))
     assert store.lookup(digest)["last_used_at"] is not None

@@ -7,7 +7,7 @@ import pytest
 
 from proxy.store.db import Database, db_path
 from proxy.store.keys import KeyStore
-from proxy.store.ledger import LedgerWriter, format_usage_table, usage_report
+from proxy.store.ledger import LedgerWriter, format_usage_table, row_values, usage_report
 
 DAY = 86400.0
 T0 = 1_700_000_000.0 - 1_700_000_000.0 % DAY    # a UTC midnight
@@ -35,9 +35,9 @@ async def test_concurrent_records_become_exactly_n_rows(tmp_path, db):
     async def request(i: int) -> None:
         await asyncio.sleep(random.random() / 20)
         prompt, completion, cost = usages[i]
-        ledger.record({"request_id": f"req-{i}", "key_id": "k1", "model": "m", "status": 200,
-                       "prompt_tokens": prompt, "completion_tokens": completion,
-                       "cost": cost, "latency_ms": 12.5, "ttft_ms": None, "stream": True})
+        ledger.record(row_values({"request_id": f"req-{i}", "key_id": "k1", "model": "m", "status": 200,
+                                  "prompt_tokens": prompt, "completion_tokens": completion,
+                                  "cost": cost, "latency_ms": 12.5, "ttft_ms": None, "stream": True}))
 
     await asyncio.gather(*(request(i) for i in range(n)))
     await ledger.close()
@@ -55,7 +55,7 @@ async def test_graceful_close_flushes_pending_rows(tmp_path, db):
     ledger = LedgerWriter(db, interval=3600)
     await ledger.start()
     for i in range(5):
-        ledger.record({"request_id": f"r{i}", "model": "m", "status": 200})
+        ledger.record(row_values({"request_id": f"r{i}", "model": "m", "status": 200}))
     assert ledger.pending == 5
     assert _count(tmp_path) == (0,)
     await ledger.close()
@@ -66,8 +66,8 @@ async def test_graceful_close_flushes_pending_rows(tmp_path, db):
 async def test_activity_is_paginated_newest_first(db):
     ledger = LedgerWriter(db)
     for i in range(25):
-        ledger.record({"created_at": T0 + i, "request_id": f"r{i}", "key_id": "a" if i % 5 else "b",
-                       "model": "m", "cost": 0.01, "status": 200, "cache_hit": i == 3})
+        ledger.record(row_values({"created_at": T0 + i, "request_id": f"r{i}", "key_id": "a" if i % 5 else "b",
+                                  "model": "m", "cost": 0.01, "status": 200, "cache_hit": i == 3}))
     pages = [await ledger.activity(limit=10, offset=o) for o in (0, 10, 20)]
     assert [len(p) for p in pages] == [10, 10, 5]
     ids = [r["request_id"] for p in pages for r in p]
@@ -90,10 +90,10 @@ async def test_analytics_groups_by_day_model_and_key(db):
         (T0 + DAY + 6, "k2", "gpt", 200, 10, 5, 0.25, False),
     ]
     for at, key, model, status, p, c, cost, hit in rows:
-        ledger.record({"created_at": at, "key_id": key, "key_label": key.upper(), "model": model,
-                       "status": status, "prompt_tokens": p, "completion_tokens": c,
-                       "cached_tokens": 5, "cost": cost, "cache_hit": hit,
-                       "error_type": "upstream_error" if status >= 500 else None})
+        ledger.record(row_values({"created_at": at, "key_id": key, "key_label": key.upper(), "model": model,
+                                  "status": status, "prompt_tokens": p, "completion_tokens": c,
+                                  "cached_tokens": 5, "cost": cost, "cache_hit": hit,
+                                  "error_type": "upstream_error" if status >= 500 else None}))
 
     by_day = await ledger.analytics(group_by="day")
     assert [(d["day"], d["requests"], d["cost"], d["errors"]) for d in by_day] == [
@@ -123,9 +123,9 @@ async def test_managed_key_balance_is_charged(db):
     key_id = record["id"]
     ledger = LedgerWriter(db)
     await ledger.start()
-    ledger.record({"key_id": key_id, "managed": True, "model": "m", "cost": 0.25})
-    ledger.record({"key_id": key_id, "managed": True, "model": "m", "cost": 0.1})
-    ledger.record({"key_id": "static-key", "managed": False, "model": "m", "cost": 5.0})
+    ledger.record(row_values({"key_id": key_id, "model": "m", "cost": 0.25}))
+    ledger.record(row_values({"key_id": key_id, "model": "m", "cost": 0.1}))
+    ledger.record(row_values({"key_id": "static-key", "model": "m", "cost": 5.0}))
     summary = await ledger.balance(key_id)
     assert summary["balance"] == pytest.approx(0.65)
     assert summary["total_spent"] == pytest.approx(0.35)
@@ -145,21 +145,21 @@ async def test_cancelled_reader_does_not_lose_the_batch_it_was_flushing(tmp_path
     ledger = LedgerWriter(db, interval=3600)
     await ledger.start()
     for i in range(50):
-        ledger.record({"request_id": f"r{i}", "model": "m"})
+        ledger.record(row_values({"request_id": f"r{i}", "model": "m"}))
     reader = asyncio.create_task(ledger.activity())    # flushes first, like a client that
     await asyncio.sleep(0)                              # disconnects mid-request
     reader.cancel()
     with pytest.raises(asyncio.CancelledError):
         await reader
-    ledger.record({"request_id": "last", "model": "m"})
+    ledger.record(row_values({"request_id": "last", "model": "m"}))
     await ledger.close()
     assert _count(tmp_path) == (51,)
 
 
 async def test_an_unwritable_row_is_skipped_not_retried_forever(tmp_path, db):
     ledger = LedgerWriter(db)
-    ledger.record({"request_id": "good", "model": "m", "prompt_tokens": 3})
-    ledger.record({"request_id": "bad", "model": "m", "prompt_tokens": "many"})
+    ledger.record(row_values({"request_id": "good", "model": "m", "prompt_tokens": 3}))
+    ledger.record(row_values({"request_id": "bad", "model": "m", "prompt_tokens": "many"}))
     await ledger.flush()
     assert ledger.pending == 0
     assert _count(tmp_path, "SELECT group_concat(request_id) FROM ledger") == ("good",)

@@ -4,6 +4,7 @@ import re
 
 import pytest
 
+from proxy.store.ledger import row_values
 from proxy.store.metrics import Metrics
 
 DEAD_PID = 4_194_304 + 12_345          # above Linux's largest pid_max: never a live process
@@ -23,7 +24,7 @@ def _row(**over):
            "reasoning_tokens": 5, "cost": 0.0015, "latency_ms": 300.0, "ttft_ms": 80.0,
            "cache_hit": False, "error_type": None, "attempts": 1}
     row.update(over)
-    return row
+    return row_values(row)
 
 
 def _parse(text: str) -> dict[str, float]:
