@@ -9,10 +9,11 @@ table full is let through and logged once). Each slot holds:
     UTC day number, spend today in micro-USD | requests in flight
 
 Every read-modify-write holds an exclusive `fcntl.lockf` byte-range lock on that slot, so
-processes never lose updates; a process-local mutex covers threads of one process. Spend of
-a key without a daily limit (nothing reads it until a limit is set) may be deferred: the
-process adds it up in memory and moves it into the file every SPEND_FLUSH_SECONDS
-(`flush_spend`), one lock per key instead of one per request.
+processes never lose updates. Those locks do not exclude threads of one process: a process
+uses its counters from one thread, the event loop's. Spend of a key without a daily limit
+(nothing reads it until a limit is set) may be deferred: the process keeps it in memory and
+moves it into the file every SPEND_FLUSH_SECONDS (`flush_spend`), one lock per key instead of
+one per request.
 
 Requests per minute use a sliding-window estimate, `prev * (1 - elapsed_fraction) + cur`: a
 burst cannot pass the limit twice across a minute boundary. A key far from its limit (at least
@@ -37,7 +38,6 @@ import math
 import mmap
 import os
 import struct
-import threading
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -88,7 +88,6 @@ class SharedCounters:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        self._mutex = threading.RLock()
         self._spend: list[tuple[str, float, float]] = []   # (key id, USD, unix time) not yet in the file
         self._leases: dict[str, list] = {}   # key id -> [minute, limit, hits left, remaining to report]
         self._index: dict[str, int] = {}     # key_id -> byte offset of its slot
@@ -148,18 +147,17 @@ class SharedCounters:
     def _update(self, key_id: str, fn: Callable[[list], T]) -> T | None:
         """Run fn(slot fields as a list) under the slot lock and write the list back.
         Returns fn's result, or None when the table is full."""
-        with self._mutex:
-            off = self._find(key_id)
-            if off is None:
-                return None
-            self._lock(off)
-            try:
-                fields = list(SLOT.unpack_from(self._mm, off))
-                result = fn(fields)
-                SLOT.pack_into(self._mm, off, *fields)
-                return result
-            finally:
-                self._unlock(off)
+        off = self._find(key_id)
+        if off is None:
+            return None
+        self._lock(off)
+        try:
+            fields = list(SLOT.unpack_from(self._mm, off))
+            result = fn(fields)
+            SLOT.pack_into(self._mm, off, *fields)
+            return result
+        finally:
+            self._unlock(off)
 
     # --- requests per minute ---------------------------------------------------------------
     def hit(self, key_id: str, limit: int, now: float | None = None) -> tuple[bool, int, int]:
@@ -168,34 +166,33 @@ class SharedCounters:
         now = time.time() if now is None else now
         minute = int(now // 60)
         reset = 60 - int(now % 60)      # ceil(60 - seconds into the minute): 1..60
-        with self._mutex:
-            lease = self._leases.get(key_id)
-            if lease is not None and lease[0] == minute and lease[1] == limit and lease[2] > 0:
-                lease[2] -= 1
-                lease[3] -= 1
-                return True, max(0, lease[3]), reset
-            off = self._find(key_id)
-            if off is None:
-                return True, limit, 60
-            self._lock(off)
-            try:
-                h, last, cur, prev, day, spend, inflight = SLOT.unpack_from(self._mm, off)
-                if last != minute:
-                    prev, cur = (cur if last == minute - 1 else 0), 0
-                estimate = prev * (1 - (now % 60) / 60) + cur
-                allowed = estimate + 1 <= limit
-                take = (LEASE if limit - estimate >= LEASE_FROM else 1) if allowed else 0
-                SLOT.pack_into(self._mm, off, h, minute, cur + take, prev, day, spend, inflight)
-            finally:
-                self._unlock(off)
-            if not allowed:
-                self._leases.pop(key_id, None)
-                return False, 0, _retry_after(limit, cur, prev, now)
-            remaining = math.floor(limit - estimate - 1)
-            if take > 1:
-                self._leases[key_id] = [minute, limit, take - 1, remaining]
-            else:
-                self._leases.pop(key_id, None)
+        lease = self._leases.get(key_id)
+        if lease is not None and lease[0] == minute and lease[1] == limit and lease[2] > 0:
+            lease[2] -= 1
+            lease[3] -= 1
+            return True, max(0, lease[3]), reset
+        off = self._find(key_id)
+        if off is None:
+            return True, limit, 60
+        self._lock(off)
+        try:
+            h, last, cur, prev, day, spend, inflight = SLOT.unpack_from(self._mm, off)
+            if last != minute:
+                prev, cur = (cur if last == minute - 1 else 0), 0
+            estimate = prev * (1 - (now % 60) / 60) + cur
+            allowed = estimate + 1 <= limit
+            take = (LEASE if limit - estimate >= LEASE_FROM else 1) if allowed else 0
+            SLOT.pack_into(self._mm, off, h, minute, cur + take, prev, day, spend, inflight)
+        finally:
+            self._unlock(off)
+        if not allowed:
+            self._leases.pop(key_id, None)
+            return False, 0, _retry_after(limit, cur, prev, now)
+        remaining = math.floor(limit - estimate - 1)
+        if take > 1:
+            self._leases[key_id] = [minute, limit, take - 1, remaining]
+        else:
+            self._leases.pop(key_id, None)
         return True, max(0, remaining), reset
 
     # --- spend per UTC day -----------------------------------------------------------------
@@ -204,13 +201,12 @@ class SharedCounters:
         process's memory: counted here at once (`spend_today`), moved into the file by the next
         `flush_spend()` (the gateway calls it every SPEND_FLUSH_SECONDS, and `close()` does)."""
         now = time.time() if now is None else now
-        with self._mutex:
-            if defer:
-                self._spend.append((key_id, usd, now))
-                if len(self._spend) >= MAX_DEFERRED:
-                    self.flush_spend()
-            else:
-                self._add_spend(key_id, int(now // 86400), round(usd * 1_000_000))
+        if defer:
+            self._spend.append((key_id, usd, now))
+            if len(self._spend) >= MAX_DEFERRED:
+                self.flush_spend()
+        else:
+            self._add_spend(key_id, int(now // 86400), round(usd * 1_000_000))
 
     def _add_spend(self, key_id: str, day: int, micro: int) -> None:
         def step(f: list) -> None:
@@ -231,17 +227,15 @@ class SharedCounters:
 
     def flush_spend(self) -> None:
         """Move this process's pending spend into the shared slots."""
-        with self._mutex:
-            pending, self._spend = self._spend, []
-            for (key_id, day), micro in self._deferred(pending).items():
-                self._add_spend(key_id, day, micro)
+        pending, self._spend = self._spend, []
+        for (key_id, day), micro in self._deferred(pending).items():
+            self._add_spend(key_id, day, micro)
 
     def spend_today(self, key_id: str, now: float | None = None) -> float:
         """USD spent today (UTC) by the key in every process; 0.0 for an unknown key."""
         day = int((time.time() if now is None else now) // 86400)
-        with self._mutex:
-            micro = self._update(key_id, lambda f: f[5] if f[4] == day else 0) or 0
-            micro += self._deferred([e for e in self._spend if e[0] == key_id]).get((key_id, day), 0)
+        micro = self._update(key_id, lambda f: f[5] if f[4] == day else 0) or 0
+        micro += self._deferred([e for e in self._spend if e[0] == key_id]).get((key_id, day), 0)
         return micro / 1_000_000
 
     # --- requests in flight ----------------------------------------------------------------
