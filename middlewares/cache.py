@@ -170,15 +170,13 @@ def route_part(match) -> bytes:
 
 def cache_key(ctx, shared: bool, route: bytes) -> str:
     """A 128-bit BLAKE2b digest (32 hex characters: a short key keeps diskcache's index small)
-    of the canonical request: resolved route and targets (`route_part`), scope, every
-    output-affecting field (JSON key order and `stream` do not matter). The three parts are
-    JSON texts hashed one after the other, which a JSON reader can take apart again: no two
-    requests share the bytes."""
-    digest = hashlib.blake2b(route, digest_size=16)
-    digest.update(orjson.dumps(None if shared or ctx.key is None else ctx.key.id))
-    digest.update(orjson.dumps({k: v for k, v in ctx.body.items() if k not in IGNORED},
-                               option=orjson.OPT_SORT_KEYS))
-    return digest.hexdigest()
+    of the canonical request: resolved route and targets (`route_part`), then scope and every
+    output-affecting field (JSON key order and `stream` do not matter). Both parts are JSON
+    texts, which a JSON reader can take apart again: no two requests share the bytes."""
+    scope = None if shared or ctx.key is None else ctx.key.id
+    body = {k: v for k, v in ctx.body.items() if k not in IGNORED}
+    return hashlib.blake2b(route + orjson.dumps([scope, body], option=orjson.OPT_SORT_KEYS),
+                           digest_size=16).hexdigest()
 
 
 def cache(gateway, config, *, shared: bool | None = None) -> Cache:
