@@ -5,23 +5,26 @@ from __future__ import annotations
 
 from proxy.context import round_ms
 from proxy.pipeline import Middleware
+from proxy.store.ledger import NONE_NUMBER, NONE_TEXT
 
 INFERENCE = frozenset(("chat", "messages", "embeddings"))
 
 
 def ledger_row(ctx) -> tuple:
-    """The request's ledger row: values in LEDGER_COLUMNS order (see proxy.store.ledger)."""
+    """The request's ledger row: values in LEDGER_COLUMNS order, flags as 0/1 and missing
+    values as NONE_TEXT / NONE_NUMBER, which bind faster than None (see proxy.store.ledger)."""
     u = ctx.usage
     key = ctx.key
     match = ctx.match
     ttft = ctx.ttft_ms
     return (
-        ctx.created, ctx.request_id, key.id if key else None, key.label if key else None,
-        match.public_model if match else ctx.model, ctx.preset, ctx.provider, ctx.upstream_model,
-        ctx.endpoint, ctx.status, ctx.error_type, ctx.stream, ctx.cache_hit,
+        ctx.created, ctx.request_id, key.id if key else NONE_TEXT, key.label if key else NONE_TEXT,
+        match.public_model if match else ctx.model or NONE_TEXT, ctx.preset or NONE_TEXT,
+        ctx.provider or NONE_TEXT, ctx.upstream_model or NONE_TEXT, ctx.endpoint, ctx.status,
+        ctx.error_type or NONE_TEXT, 1 if ctx.stream else 0, 1 if ctx.cache_hit else 0,
         u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.cache_write_tokens, u.reasoning_tokens,
-        ctx.cost, round_ms(ctx.latency_ms, 1000), None if ttft is None else round_ms(ttft, 1000),
-        ctx.partial, ctx.attempts,
+        ctx.cost, round_ms(ctx.latency_ms, 1000), NONE_NUMBER if ttft is None else round_ms(ttft, 1000),
+        1 if ctx.partial else 0, ctx.attempts,
     )
 
 

@@ -42,7 +42,6 @@ GROUPS = ("day", "model", "key")
 _BOOL_COLUMNS = ("stream", "cache_hit", "partial")
 _WIDTH = len(LEDGER_COLUMNS)
 _COST, _KEY_ID, _REQUEST_ID = (LEDGER_COLUMNS.index(c) for c in ("cost", "key_id", "request_id"))
-_ROW = f"({', '.join('?' * len(LEDGER_COLUMNS))})"
 _INSERT = f"INSERT INTO ledger ({', '.join(LEDGER_COLUMNS)}) VALUES "
 
 
@@ -77,6 +76,15 @@ _NONE = type(None)
 _AS_IS = {_text: (str, _NONE), _int0: int, _float0: (float, int), _int: (int, _NONE),
           _float: (float, int, _NONE), float: (float, int)}
 _ACCEPTED = tuple(_AS_IS[conv] for conv in _CONVERTERS)
+
+# pysqlite binds int, float and str directly but looks for an adapter for every None and bool
+# (several times the cost of the value itself). The row the accounting middleware builds on
+# every request therefore carries 0/1 for the flags and NONE_TEXT / NONE_NUMBER where a value
+# is missing, which the INSERT turns into NULL. None works too (row_values), only slower.
+NONE_TEXT, NONE_NUMBER = "", -1
+_NULLABLE_NUMBERS = ("status", "latency_ms", "ttft_ms")
+_ROW = "(" + ", ".join("NULLIF(?, -1)" if c in _NULLABLE_NUMBERS else "?" if _CONVERT[c] is not _text
+                       else "NULLIF(?, '')" for c in LEDGER_COLUMNS) + ")"
 
 
 def row_values(row: dict) -> tuple:

@@ -133,7 +133,7 @@ class Metrics:
             _add(self._counters["modelway_upstream_errors_total"], (provider, error), 1)
         if latency is not None:
             self._observe_hist("modelway_request_latency_seconds", (model,), latency / 1000)
-        if ttft is not None:
+        if ttft is not None and ttft >= 0:     # the ledger row's NONE_NUMBER: no token came
             self._observe_hist("modelway_ttft_seconds", (model,), ttft / 1000)
 
     def _counter_series(self) -> dict[str, dict[Labels, float]]:

@@ -65,6 +65,9 @@ async def test_concurrent_requests_give_exactly_one_row_each_with_the_upstream_t
         assert (by_id[rid]["status"], by_id[rid]["error_type"], by_id[rid]["partial"]) == (200, None, 0)
     assert sum(r["stream"] for r in rows) == n // 2
     assert all(r["ttft_ms"] is not None for r in rows if r["stream"])
+    # what a request did not have is NULL in the ledger (the row binds '' / -1 for it)
+    assert all(r["ttft_ms"] is None for r in rows if not r["stream"])
+    assert all(r["preset"] is None and r["key_id"] for r in rows)
     assert all(r["latency_ms"] > 0 and r["provider"] == "up" and r["upstream_model"] == "metered" for r in rows)
 
 
