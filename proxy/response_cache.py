@@ -113,8 +113,8 @@ class ResponseCache:
         now = time.time()
         rows, large = [], []
         for key, (value, ttl) in batch.items():
-            if len(value) < self.inline_limit:
-                rows.append((key, now, now + ttl, now, self.tag, value))
+            if len(value) < self.inline_limit:   # bytearray: pysqlite binds it without an adapter lookup
+                rows.append((key, now, now + ttl, now, self.tag, bytearray(value)))
             else:
                 large.append((key, value, ttl))
         if rows:
