@@ -1,0 +1,121 @@
+"""Instructions per request under valgrind: a deterministic count where CPU time is not.
+
+    python -m bench.instructions [--requests 400] [--targets gateway,full]
+
+CPU time per request moves by ~10% from run to run on a shared machine, too much to see a
+change of a few microseconds. This runs the gateway (access log only) and the gateway with the
+full chain under `valgrind --tool=callgrind`, both at once, and reports the instructions each
+executes per request, which repeat to a fraction of a percent. The periodic work (ledger and
+cache writes, metrics snapshots, spend flushes) is pushed out of the run, so the count is the
+per-request work of the event-loop thread; the writers are measured with the bench itself.
+Needs valgrind; about a minute. Method and results: bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import aiohttp
+
+from bench.run import PLAIN, SEQ, free_port, gateway_config, spawn, stop, wait_ready
+
+# start the gateway with every periodic task's interval set out of reach of the run
+LAUNCH = """
+import functools, sys
+import proxy.response_cache as rc, proxy.store.ledger as ledger, proxy.store.metrics as metrics
+import proxy.store.counters as counters, proxy.cli
+later = 10 ** 6
+rc.ResponseCache.__init__ = functools.partialmethod(
+    rc.ResponseCache.__init__, poll_seconds=later, flush_seconds=later, cull_seconds=later)
+ledger.LedgerWriter.__init__ = functools.partialmethod(ledger.LedgerWriter.__init__, interval=later)
+metrics.Metrics.__init__ = functools.partialmethod(metrics.Metrics.__init__, interval=later)
+counters.SPEND_FLUSH_SECONDS = later
+sys.exit(proxy.cli.main(sys.argv[1:]))
+"""
+WARMUP = 200
+CONCURRENCY = 4
+
+
+async def drive(origin: str, secret: str, count: int) -> None:
+    """`count` requests, CONCURRENCY at a time, each body unique (every one a cache miss)."""
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {secret}"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        async def worker(n: int) -> None:
+            for _ in range(n):
+                async with session.post(origin + "/v1/chat/completions", data=PLAIN % next(SEQ),
+                                        headers=headers) as resp:
+                    body = await resp.read()
+                    if resp.status != 200:
+                        raise SystemExit(f"HTTP {resp.status} from {origin}: {body[:200]!r}")
+        await asyncio.gather(*(worker(count // CONCURRENCY) for _ in range(CONCURRENCY)))
+
+
+async def ready(origin: str, proc: subprocess.Popen) -> None:
+    async with aiohttp.ClientSession() as session:
+        why = await wait_ready(session, proc, origin + "/healthz", timeout=180)
+    if why:
+        raise SystemExit(f"the gateway under valgrind did not start: {why}")
+
+
+def measure(name: str, upstream_port: int, tmp: Path, requests: int, secret: str) -> int:
+    """Instructions per request of one target."""
+    port = free_port()
+    data = tmp / f"{name}-data"
+    data.mkdir()
+    config = tmp / f"{name}.yaml"
+    config.write_text(gateway_config(port, upstream_port, data, secret if name == "full" else None))
+    out = tmp / f"{name}.callgrind"
+    proc = spawn(name, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
+                        sys.executable, "-c", LAUNCH, "serve", "--config", str(config)], tmp)
+    origin = f"http://127.0.0.1:{port}"
+    try:
+        asyncio.run(ready(origin, proc))
+        asyncio.run(drive(origin, secret, WARMUP))
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
+        asyncio.run(drive(origin, secret, requests))
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+    finally:
+        stop(proc, timeout=120)
+    dumps = [p for p in tmp.glob(f"{name}.callgrind.*") if re.search(r"\.\d+\.\d+$", p.name)]
+    if not dumps:
+        raise SystemExit(f"no callgrind dump for {name}")
+    total = sum(int(line.split()[1]) for p in dumps for line in p.read_text().splitlines()
+                if line.startswith("totals:"))
+    return round(total / requests)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=400, help="measured requests per target")
+    parser.add_argument("--targets", default="gateway,full", help="comma-separated: gateway, full")
+    args = parser.parse_args(argv)
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("valgrind (with callgrind_control) is needed: apt install valgrind")
+    targets = [t.strip() for t in args.targets.split(",") if t.strip() in ("gateway", "full")]
+    tmp = Path(tempfile.mkdtemp(prefix="modelway-instructions-"))
+    secret = "mw-bench-" + secrets.token_hex(16)
+    upstream_port = free_port()
+    upstream = spawn("upstream", [sys.executable, "-m", "bench.fake_upstream", "--port", str(upstream_port)], tmp)
+    try:
+        with ThreadPoolExecutor(len(targets)) as pool:
+            counts = dict(zip(targets, pool.map(
+                lambda t: measure(t, upstream_port, tmp, args.requests, secret), targets)))
+    finally:
+        stop(upstream)
+        shutil.rmtree(tmp, ignore_errors=True)
+    for name, count in counts.items():
+        print(f"{name:8} {count / 1000:8.1f} k instructions/request")
+    if len(counts) == 2:
+        print(f"full ÷ gateway: {counts['full'] / counts['gateway']:.3f}× (event-loop thread, per-request work only)")
+
+
+if __name__ == "__main__":
+    main()
