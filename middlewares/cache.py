@@ -52,7 +52,7 @@ class Cache(Middleware):
             return await call_next(ctx)
         store = self.gateway.response_cache
         key = self.key(ctx, match, self.shared if self.shared is not None else config.shared)
-        if not control["no-cache"]:
+        if not control["no-cache"] and store.might_have(key):
             hit = await store.get(key)
             if hit is not None:
                 return self._hit(ctx, orjson.loads(hit))

@@ -68,6 +68,10 @@ class ResponseCache:
     def _run(self, fn, *args):
         return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
+    def might_have(self, key: str) -> bool:
+        """False when `key` is surely not stored, which the caller knows without awaiting get()."""
+        return self._poller is None or key in self.writing or key in self.known
+
     async def get(self, key: str) -> bytes | None:
         if self._poller is None:
             self._poller = asyncio.ensure_future(self._poll())
