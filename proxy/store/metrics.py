@@ -52,7 +52,7 @@ HISTOGRAMS: dict[str, tuple[str, tuple[str, ...], tuple[float, ...]]] = {
     "modelway_ttft_seconds": ("Time to first token of streamed answers.", ("model",),
                               TTFT_BUCKETS),
 }
-# the ledger row's values _count() takes, in its argument order
+# the ledger row's values _fold() counts, in the order it unpacks them
 _OBSERVED = operator.itemgetter(*(LEDGER_COLUMNS.index(c) for c in (
     "model", "provider", "status", "error_type", "cache_hit", "prompt_tokens", "completion_tokens",
     "cached_tokens", "cache_write_tokens", "reasoning_tokens", "cost", "latency_ms", "ttft_ms", "attempts")))
@@ -106,35 +106,36 @@ class Metrics:
         self._dirty = True
 
     def _fold(self) -> None:
+        """Count the queued rows: into one list per (model, provider, status), which
+        snapshot() folds into the exported series, and into the histograms."""
         rows, self._rows = self._rows, []
-        for row in rows:
-            self._count(*_OBSERVED(row))
-
-    def _count(self, model, provider, status, error, cache_hit, prompt, completion, cached,
-               cache_write, reasoning, cost, latency, ttft, attempts) -> None:
-        """Into one list per (model, provider, status), which snapshot() folds into the
-        exported series, and the histograms."""
-        model = model or ""
-        provider = provider or ""
-        labels = (model, provider, status or 0)
-        s = self._requests.get(labels)
-        if s is None:
-            s = self._requests[labels] = [0, 0, 0, 0, 0, 0, 0.0, 0]
-        s[0] += 1
-        s[1] += prompt or 0
-        s[2] += completion or 0
-        s[3] += cached or 0
-        s[4] += cache_write or 0
-        s[5] += reasoning or 0
-        s[6] += cost or 0
-        if cache_hit:
-            s[7] += 1
-        if error and provider and attempts:
-            _add(self._counters["modelway_upstream_errors_total"], (provider, error), 1)
-        if latency is not None:
-            self._observe_hist("modelway_request_latency_seconds", (model,), latency / 1000)
-        if ttft is not None and ttft >= 0:     # the ledger row's NONE_NUMBER: no token came
-            self._observe_hist("modelway_ttft_seconds", (model,), ttft / 1000)
+        requests = self._requests
+        latencies = self._hists["modelway_request_latency_seconds"]
+        ttfts = self._hists["modelway_ttft_seconds"]
+        for (model, provider, status, error, cache_hit, prompt, completion, cached, cache_write,
+             reasoning, cost, latency, ttft, attempts) in map(_OBSERVED, rows):
+            model = model or ""
+            provider = provider or ""
+            labels = (model, provider, status or 0)
+            s = requests.get(labels)
+            if s is None:
+                s = requests[labels] = [0, 0, 0, 0, 0, 0, 0.0, 0]
+            s[0] += 1
+            s[1] += prompt or 0
+            s[2] += completion or 0
+            s[3] += cached or 0
+            s[4] += cache_write or 0
+            s[5] += reasoning or 0
+            s[6] += cost or 0
+            if cache_hit:
+                s[7] += 1
+            if error and provider and attempts:
+                _add(self._counters["modelway_upstream_errors_total"], (provider, error), 1)
+            by_model = (model,)
+            if latency is not None:
+                _observe(latencies, by_model, LATENCY_BUCKETS, latency / 1000)
+            if ttft is not None and ttft >= 0:     # the ledger row's NONE_NUMBER: no token came
+                _observe(ttfts, by_model, TTFT_BUCKETS, ttft / 1000)
 
     def _counter_series(self) -> dict[str, dict[Labels, float]]:
         """The counters with the per-request lists folded in: {name: {labels: value}}."""
@@ -156,15 +157,6 @@ class Metrics:
         """Add to one of COUNTERS; `labels` are the values in its label-name order."""
         _add(self._counters[name], tuple(labels), value)
         self._dirty = True
-
-    def _observe_hist(self, name: str, labels: Labels, value: float) -> None:
-        bounds = HISTOGRAMS[name][2]
-        series = self._hists[name]
-        h = series.get(labels)
-        if h is None:
-            h = series[labels] = [0] * (len(bounds) + 1) + [0.0]
-        h[bisect.bisect_left(bounds, value)] += 1
-        h[-1] += value
 
     def set_gauge(self, name: str, labels: dict[str, str], value: float, help: str = "") -> None:
         """Set a gauge of this process (e.g. modelway_target_cooldown{target=...} 1)."""
@@ -241,6 +233,15 @@ class Metrics:
 
 def _add(series: dict, labels: Labels, value: float) -> None:
     series[labels] = series.get(labels, 0) + value
+
+
+def _observe(series: dict, labels: Labels, bounds: tuple[float, ...], value: float) -> None:
+    """One observation into a histogram: [count per bucket..., count above the last, sum]."""
+    h = series.get(labels)
+    if h is None:
+        h = series[labels] = [0] * (len(bounds) + 1) + [0.0]
+    h[bisect.bisect_left(bounds, value)] += 1
+    h[-1] += value
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
