@@ -18,6 +18,7 @@ import asyncio
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -132,7 +133,7 @@ def insert_rows(conn: sqlite3.Connection, insert: str, row: str, rows: list[tupl
     if whole:
         statement = insert + ", ".join([row] * chunk) + suffix
         for i in range(0, whole, chunk):
-            conn.execute(statement, [v for r in rows[i:i + chunk] for v in r])
+            conn.execute(statement, list(chain.from_iterable(rows[i:i + chunk])))
     if whole < len(rows):
         conn.executemany(insert + row + suffix, rows[whole:])
 
