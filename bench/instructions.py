@@ -55,7 +55,8 @@ async def drive(origin: str, secret: str, count: int) -> None:
                     body = await resp.read()
                     if resp.status != 200:
                         raise SystemExit(f"HTTP {resp.status} from {origin}: {body[:200]!r}")
-        await asyncio.gather(*(worker(count // CONCURRENCY) for _ in range(CONCURRENCY)))
+        await asyncio.gather(*(worker(count // CONCURRENCY + (i < count % CONCURRENCY))
+                               for i in range(CONCURRENCY)))
 
 
 async def ready(origin: str, proc: subprocess.Popen) -> None:
