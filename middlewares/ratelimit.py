@@ -16,11 +16,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+from proxy.context import INFERENCE_ENDPOINTS
 from proxy.errors import RateLimited
 from proxy.pipeline import Middleware
-
-INFERENCE = frozenset(("chat", "messages", "embeddings"))
-
 
 def seconds_to_utc_midnight(now: float | None = None) -> int:
     now = time.time() if now is None else now
@@ -39,7 +37,7 @@ class RateLimit(Middleware):
 
     def before(self, ctx) -> None:
         key = ctx.key
-        if key is None or key.management or ctx.endpoint not in INFERENCE:
+        if key is None or key.management or ctx.endpoint not in INFERENCE_ENDPOINTS:
             # /v1/models and /v1/account/* neither use up nor are refused by a key's limits:
             # a limited key can always check its balance and activity
             return

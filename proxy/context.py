@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from proxy.gateway import Gateway, State
 
 
+INFERENCE_ENDPOINTS = frozenset(("chat", "messages", "embeddings"))   # metered and rate limited
+
+
 def round_ms(ms: float, per: int) -> float:
     """A non-negative duration rounded to 1/per ms (round(x, n) formats the float: slower)."""
     return int(ms * per + 0.5) / per
