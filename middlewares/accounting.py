@@ -3,11 +3,9 @@ becomes one ledger row and one metrics observation. Writes are batched off the r
 by the LedgerWriter."""
 from __future__ import annotations
 
-from proxy.context import round_ms
+from proxy.context import INFERENCE_ENDPOINTS, round_ms
 from proxy.pipeline import Middleware
-from proxy.store.ledger import NONE_NUMBER, NONE_TEXT
-
-INFERENCE = frozenset(("chat", "messages", "embeddings"))
+from proxy.store.db import NONE_NUMBER, NONE_TEXT
 
 
 def ledger_row(ctx) -> tuple:
@@ -36,7 +34,7 @@ class Accounting(Middleware):
         self.metrics = gateway.metrics
 
     def finish(self, ctx) -> None:
-        if ctx.endpoint not in INFERENCE:
+        if ctx.endpoint not in INFERENCE_ENDPOINTS:
             return
         row = ledger_row(ctx)
         self.metrics.observe(row)

@@ -32,6 +32,7 @@ LEDGER_COLUMNS: tuple[str, ...] = (
     "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens",
     "reasoning_tokens", "cost", "latency_ms", "ttft_ms", "partial", "attempts",
 )
+NONE_TEXT, NONE_NUMBER = "", -1   # a missing value in a ledger row, stored as NULL (see ledger.py)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (

@@ -33,8 +33,8 @@ from typing import Any, Callable
 
 import structlog
 
-from proxy.store.db import (LEDGER_COLUMNS, bump_version, connect, Database, fetch_dicts, insert_rows,
-                             stop_task, transaction)
+from proxy.store.db import (LEDGER_COLUMNS, NONE_NUMBER, NONE_TEXT, bump_version, connect, Database,
+                             fetch_dicts, insert_rows, stop_task, transaction)
 
 log = structlog.get_logger(__name__)
 
@@ -81,10 +81,9 @@ _ACCEPTED = tuple(_AS_IS[conv] for conv in _CONVERTERS)
 # (several times the cost of the value itself). The row the accounting middleware builds on
 # every request therefore carries 0/1 for the flags and NONE_TEXT / NONE_NUMBER where a value
 # is missing, which the INSERT turns into NULL. None works too (row_values), only slower.
-NONE_TEXT, NONE_NUMBER = "", -1
 _NULLABLE_NUMBERS = ("status", "latency_ms", "ttft_ms")
-_ROW = "(" + ", ".join("NULLIF(?, -1)" if c in _NULLABLE_NUMBERS else "?" if _CONVERT[c] is not _text
-                       else "NULLIF(?, '')" for c in LEDGER_COLUMNS) + ")"
+_ROW = "(" + ", ".join(f"NULLIF(?, {NONE_NUMBER})" if c in _NULLABLE_NUMBERS else "?" if _CONVERT[c] is not _text
+                       else f"NULLIF(?, '{NONE_TEXT}')" for c in LEDGER_COLUMNS) + ")"
 
 
 def row_values(row: dict) -> tuple:

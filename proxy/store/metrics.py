@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 import structlog
 
-from proxy.store.db import LEDGER_COLUMNS, stop_task
+from proxy.store.db import LEDGER_COLUMNS, NONE_NUMBER, stop_task
 
 log = structlog.get_logger(__name__)
 
@@ -134,7 +134,7 @@ class Metrics:
             by_model = (model,)
             if latency is not None:
                 _observe(latencies, by_model, LATENCY_BUCKETS, latency / 1000)
-            if ttft is not None and ttft >= 0:     # the ledger row's NONE_NUMBER: no token came
+            if ttft is not None and ttft != NONE_NUMBER:     # no token came
                 _observe(ttfts, by_model, TTFT_BUCKETS, ttft / 1000)
 
     def _counter_series(self) -> dict[str, dict[Labels, float]]:
