@@ -28,6 +28,7 @@ import asyncio
 import functools
 import sqlite3
 import time
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,7 +42,7 @@ log = structlog.get_logger(__name__)
 GROUPS = ("day", "model", "key")
 _BOOL_COLUMNS = ("stream", "cache_hit", "partial")
 _WIDTH = len(LEDGER_COLUMNS)
-_COST, _KEY_ID, _REQUEST_ID = (LEDGER_COLUMNS.index(c) for c in ("cost", "key_id", "request_id"))
+_KEY_ID, _REQUEST_ID = (LEDGER_COLUMNS.index(c) for c in ("key_id", "request_id"))
 _INSERT = f"INSERT INTO ledger ({', '.join(LEDGER_COLUMNS)}) VALUES "
 
 
@@ -82,8 +83,19 @@ _ACCEPTED = tuple(_AS_IS[conv] for conv in _CONVERTERS)
 # every request therefore carries 0/1 for the flags and NONE_TEXT / NONE_NUMBER where a value
 # is missing, which the INSERT turns into NULL. None works too (row_values), only slower.
 _NULLABLE_NUMBERS = ("status", "latency_ms", "ttft_ms")
-_ROW = "(" + ", ".join(f"NULLIF(?, {NONE_NUMBER})" if c in _NULLABLE_NUMBERS else "?" if _CONVERT[c] is not _text
-                       else f"NULLIF(?, '{NONE_TEXT}')" for c in LEDGER_COLUMNS) + ")"
+_MISSING = {c: f"'{NONE_TEXT}'" if _CONVERT[c] is _text else str(NONE_NUMBER) if c in _NULLABLE_NUMBERS else None
+            for c in LEDGER_COLUMNS}
+
+
+def _row(i: int) -> str:
+    """Row `i` of a multi-row INSERT, with numbered parameters: `CASE WHEN ?n = <marker> THEN
+    NULL ELSE ?n END` where a value may be missing (in SQLite cheaper than NULLIF, a function
+    call that copies its value)."""
+    cells = []
+    for n, column in enumerate(LEDGER_COLUMNS, i * _WIDTH + 1):
+        marker = _MISSING[column]
+        cells.append(f"?{n}" if marker is None else f"CASE WHEN ?{n} = {marker} THEN NULL ELSE ?{n} END")
+    return "(" + ", ".join(cells) + ")"
 
 
 def row_values(row: dict) -> tuple:
@@ -93,47 +105,78 @@ def row_values(row: dict) -> tuple:
 
 
 def _checked(values: tuple) -> tuple:
-    if len(values) == _WIDTH and all(map(isinstance, values, _ACCEPTED)):   # the usual case
-        return values
     if len(values) != _WIDTH:
         raise ValueError(f"a ledger row has {_WIDTH} values, not {len(values)}")
+    if all(map(isinstance, values, _ACCEPTED)):
+        return values
     return tuple(conv(v) for v, conv in zip(values, _CONVERTERS))
+
+
+_NUMBERS = itemgetter(*(i for i, c in enumerate(LEDGER_COLUMNS) if _CONVERT[c] is not _text))
+
+
+def _plain_numbers(rows: list[tuple]) -> bool:
+    """True when every row has the right width and only numbers in its number columns, checked
+    in C: sum() raises TypeError on anything else (None included). Text columns take any value
+    SQLite can bind and store it as text; one it cannot bind fails the INSERT (see write_batch)."""
+    try:
+        sum(map(sum, map(_NUMBERS, rows)))
+    except (TypeError, IndexError):
+        return False
+    return set(map(len, rows)) <= {_WIDTH}
+
+
+def _converted(rows: list[tuple]) -> list[tuple]:
+    """The rows with their values converted; a row that cannot be is logged and left out."""
+    out = []
+    for row in rows:
+        try:
+            out.append(_checked(row))
+        except (TypeError, ValueError) as exc:
+            rid = row[_REQUEST_ID] if isinstance(row, tuple) and len(row) > _REQUEST_ID else None
+            log.error("ledger_row_invalid", error=repr(exc), request_id=rid)
+    return out
 
 
 def write_batch(conn: sqlite3.Connection, rows: list[tuple]) -> None:
     """Insert the rows and charge managed keys, in one transaction (database thread). A row
     whose values cannot be converted is logged and skipped, so it cannot block the rest."""
-    values: list[tuple] = []
-    charges: dict[str, list[float]] = {}
-    for row in rows:
+    if _plain_numbers(rows):
         try:
-            v = _checked(row)
-        except (TypeError, ValueError) as exc:
-            rid = row[_REQUEST_ID] if isinstance(row, tuple) and len(row) > _REQUEST_ID else None
-            log.error("ledger_row_invalid", error=repr(exc), request_id=rid)
-            continue
-        values.append(v)
-        key_id = v[_KEY_ID]
-        if key_id:
-            c = charges.get(key_id)
-            if c is None:
-                charges[key_id] = [v[_COST], v[0]]
-            else:
-                c[0] += v[_COST]
-                c[1] = max(c[1], v[0])
+            return _insert(conn, rows)
+        except (sqlite3.InterfaceError, sqlite3.ProgrammingError, sqlite3.IntegrityError, OverflowError):
+            pass     # a value SQLite cannot take: convert every row, and leave out what fails
+    _insert(conn, _converted(rows))
+
+
+def _insert(conn: sqlite3.Connection, rows: list[tuple]) -> None:
     with transaction(conn):
-        insert_rows(conn, _INSERT, _ROW, values)
-        if not charges:
-            return
-        # static and management keys have no api_keys row: these touch managed keys only
-        conn.executemany(
-            "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?",
-            [(at, key_id) for key_id, (_, at) in charges.items()])
-        cur = conn.executemany(
-            "UPDATE api_keys SET balance = balance - ? WHERE id = ? AND balance IS NOT NULL",
-            [(cost, key_id) for key_id, (cost, _) in charges.items() if cost])
-        if cur.rowcount > 0:
-            bump_version(conn, "balance_version")
+        # the write lock is held: this batch's rows get the ids after `last`
+        last = conn.execute("SELECT coalesce(max(id), 0) FROM ledger").fetchone()[0]
+        insert_rows(conn, _INSERT, _row, rows)
+        _charge(conn, rows, last)
+
+
+def _charge(conn: sqlite3.Connection, rows: list[tuple], last: int) -> None:
+    """Charge the managed keys among the rows (ids after `last`): balance -= their cost,
+    last_used_at moves forward. Static and management keys have no api_keys row."""
+    ids = set(map(itemgetter(_KEY_ID), rows))
+    ids.discard(NONE_TEXT)
+    ids.discard(None)
+    if not ids:
+        return
+    marks = ", ".join("?" * len(ids))
+    sums = conn.execute(
+        "SELECT key_id, sum(cost), max(created_at) FROM ledger WHERE id > ? AND key_id IN"
+        f" (SELECT id FROM api_keys WHERE id IN ({marks})) GROUP BY key_id", (last, *ids)).fetchall()
+    if not sums:
+        return
+    conn.executemany("UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?",
+                     [(at, key_id) for key_id, _, at in sums])
+    cur = conn.executemany("UPDATE api_keys SET balance = balance - ? WHERE id = ? AND balance IS NOT NULL",
+                           [(cost, key_id) for key_id, cost, _ in sums if cost])
+    if cur.rowcount > 0:
+        bump_version(conn, "balance_version")
 
 
 def utc_day_start(now: float | None = None) -> float:
