@@ -20,6 +20,9 @@ from proxy.context import INFERENCE_ENDPOINTS
 from proxy.errors import RateLimited
 from proxy.pipeline import Middleware
 
+SECONDS = tuple(map(str, range(121)))   # header values of a reset or retry time (1..120 s)
+
+
 def seconds_to_utc_midnight(now: float | None = None) -> int:
     now = time.time() if now is None else now
     return max(1, int(86400 - now % 86400))
@@ -34,6 +37,7 @@ class RateLimit(Middleware):
         self.static_spent: dict[str, float] = {}   # ledger total at the last refresh + local spend since
         self.static_local: dict[str, float] = {}   # this process's spend, ever (to bridge refreshes)
         self._refresher: asyncio.Task | None = None
+        self.limit_texts: dict[int, str] = {}   # minute_limit -> its header value
 
     def before(self, ctx) -> None:
         key = ctx.key
@@ -42,12 +46,16 @@ class RateLimit(Middleware):
             # a limited key can always check its balance and activity
             return
         counters = self.gateway.counters
-        if key.minute_limit is not None:
-            allowed, remaining, reset = counters.hit(key.id, key.minute_limit)
+        limit = key.minute_limit
+        if limit is not None:
+            allowed, remaining, reset = counters.hit(key.id, limit)
             headers = ctx.response_headers
-            headers["X-RateLimit-Limit-Minute"] = str(key.minute_limit)
+            text = self.limit_texts.get(limit)
+            if text is None:
+                text = self.limit_texts[limit] = str(limit)
+            headers["X-RateLimit-Limit-Minute"] = text
             headers["X-RateLimit-Remaining-Minute"] = str(remaining)
-            headers["X-RateLimit-Reset-Minute"] = str(reset)
+            headers["X-RateLimit-Reset-Minute"] = SECONDS[reset] if reset < len(SECONDS) else str(reset)
             if not allowed:
                 raise RateLimited(f"Rate limit of {key.minute_limit} requests per minute exceeded.",
                                   code="minute_limit_exceeded", headers={"Retry-After": str(max(reset, 1))},
@@ -85,7 +93,7 @@ class RateLimit(Middleware):
         if ctx.cost:
             # a key with a daily limit has its spend in the shared counters at once; for the
             # others nothing reads it before the next flush (a limit set later still sees it)
-            self.gateway.counters.add_spend(key.id, ctx.cost, defer=key.daily_limit is None)
+            self.gateway.counters.add_spend(key.id, ctx.cost, ctx.created, defer=key.daily_limit is None)
             if key.id in self.static_balances:
                 self.static_local[key.id] = self.static_local.get(key.id, 0.0) + ctx.cost
                 self.static_spent[key.id] = self.static_spent.get(key.id, 0.0) + ctx.cost

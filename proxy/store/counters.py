@@ -35,6 +35,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import math
+from math import ceil
 import mmap
 import os
 import struct
@@ -56,7 +57,6 @@ DEFAULT_SLOTS = 4096
 SPEND_FLUSH_SECONDS = 0.25
 LEASE = 32           # requests a process counts at once against a key's minute window...
 LEASE_FROM = 64 * LEASE   # ...while this many or more are left in it; below, one by one
-MAX_DEFERRED = 4096  # deferred spend entries kept in memory at most before a flush
 
 T = TypeVar("T")
 
@@ -88,8 +88,9 @@ class SharedCounters:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        self._spend: list[tuple[str, float, float]] = []   # (key id, USD, unix time) not yet in the file
-        self._leases: dict[str, list] = {}   # key id -> [minute, limit, hits left, remaining to report]
+        self._spend: dict[tuple[str, int], int] = {}   # (key id, UTC day) -> micro-USD not yet in the file
+        self._leases: dict[str, list] = {}   # key id -> [minute's start, its end (unix s), limit,
+                                             #   hits left, remaining to report]
         self._index: dict[str, int] = {}     # key_id -> byte offset of its slot
         self._held: dict[str, int] = {}      # in-flight counts this process acquired
         self._full_warned = False
@@ -164,13 +165,14 @@ class SharedCounters:
         """Count one request if the sliding minute window allows it.
         Returns (allowed, remaining requests, seconds until reset/retry)."""
         now = time.time() if now is None else now
+        lease = self._leases.get(key_id)
+        if lease is not None and lease[0] <= now < lease[1] and lease[2] == limit and lease[3] > 0:
+            lease[3] -= 1
+            lease[4] -= 1
+            # seconds to the minute's end, rounded up: 60 - int(now % 60), as below
+            return True, lease[4] if lease[4] > 0 else 0, ceil(lease[1] - now)
         minute = int(now // 60)
         reset = 60 - int(now % 60)      # ceil(60 - seconds into the minute): 1..60
-        lease = self._leases.get(key_id)
-        if lease is not None and lease[0] == minute and lease[1] == limit and lease[2] > 0:
-            lease[2] -= 1
-            lease[3] -= 1
-            return True, max(0, lease[3]), reset
         off = self._find(key_id)
         if off is None:
             return True, limit, 60
@@ -190,7 +192,7 @@ class SharedCounters:
             return False, 0, _retry_after(limit, cur, prev, now)
         remaining = math.floor(limit - estimate - 1)
         if take > 1:
-            self._leases[key_id] = [minute, limit, take - 1, remaining]
+            self._leases[key_id] = [minute * 60, minute * 60 + 60, limit, take - 1, remaining]
         else:
             self._leases.pop(key_id, None)
         return True, max(0, remaining), reset
@@ -201,12 +203,12 @@ class SharedCounters:
         process's memory: counted here at once (`spend_today`), moved into the file by the next
         `flush_spend()` (the gateway calls it every SPEND_FLUSH_SECONDS, and `close()` does)."""
         now = time.time() if now is None else now
+        day, micro = int(now // 86400), round(usd * 1_000_000)
         if defer:
-            self._spend.append((key_id, usd, now))
-            if len(self._spend) >= MAX_DEFERRED:
-                self.flush_spend()
+            slot = key_id, day
+            self._spend[slot] = self._spend.get(slot, 0) + micro
         else:
-            self._add_spend(key_id, int(now // 86400), round(usd * 1_000_000))
+            self._add_spend(key_id, day, micro)
 
     def _add_spend(self, key_id: str, day: int, micro: int) -> None:
         def step(f: list) -> None:
@@ -217,25 +219,17 @@ class SharedCounters:
 
         self._update(key_id, step)
 
-    def _deferred(self, entries: list[tuple[str, float, float]]) -> dict[tuple[str, int], int]:
-        """Deferred spend added up: {(key id, UTC day): micro-USD}."""
-        totals: dict[tuple[str, int], int] = {}
-        for key_id, usd, at in entries:
-            slot = key_id, int(at // 86400)
-            totals[slot] = totals.get(slot, 0) + round(usd * 1_000_000)
-        return totals
-
     def flush_spend(self) -> None:
         """Move this process's pending spend into the shared slots."""
-        pending, self._spend = self._spend, []
-        for (key_id, day), micro in self._deferred(pending).items():
+        pending, self._spend = self._spend, {}
+        for (key_id, day), micro in pending.items():
             self._add_spend(key_id, day, micro)
 
     def spend_today(self, key_id: str, now: float | None = None) -> float:
         """USD spent today (UTC) by the key in every process; 0.0 for an unknown key."""
         day = int((time.time() if now is None else now) // 86400)
         micro = self._update(key_id, lambda f: f[5] if f[4] == day else 0) or 0
-        micro += self._deferred([e for e in self._spend if e[0] == key_id]).get((key_id, day), 0)
+        micro += self._spend.get((key_id, day), 0)
         return micro / 1_000_000
 
     # --- requests in flight ----------------------------------------------------------------
