@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import time
 
+from aiohttp.hdrs import AUTHORIZATION
+
 from proxy.context import KeyIdentity
 from proxy.errors import AuthenticationError
 from proxy.pipeline import Middleware
@@ -35,13 +37,13 @@ def managed_identity(record: dict) -> KeyIdentity:
                        source="managed")
 
 
-def presented_secret(request) -> str | None:
-    header = request.headers.get("Authorization")
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, else None."""
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
-    return request.headers.get("x-api-key") or None
+    return None
 
 
 class Auth(Middleware):
@@ -51,19 +53,16 @@ class Auth(Middleware):
         self.gateway = gateway
         self.static = static_identities(config)
         self.digests: dict[str, str] = {}   # presented secret -> its sha256, for the secrets seen lately
+        self.bearers: dict[str, str] = {}   # Authorization header that named one -> the same sha256
 
     def before(self, ctx) -> None:
         if ctx.state.config.auth_mode == "none":
             return
-        secret = presented_secret(ctx.request)
-        if secret is None:
-            raise AuthenticationError("Missing API key. Send it as 'Authorization: Bearer <key>'.",
-                                      code="missing_api_key")
-        digest = self.digests.get(secret)
+        request = ctx.request
+        header = request.headers.get(AUTHORIZATION)
+        digest = self.bearers.get(header) if header is not None else None
         if digest is None:
-            if len(self.digests) >= DIGEST_MEMO:   # many distinct secrets (a scan?): start over
-                self.digests.clear()
-            digest = self.digests[secret] = hashlib.sha256(secret.encode()).hexdigest()
+            digest = self._digest(request, header)
         found = self.static.get(digest)
         if found is not None:
             identity, disabled, expires = found
@@ -82,6 +81,25 @@ class Auth(Middleware):
                 raise AuthenticationError("This API key has expired.", code="key_expired")
             identity = managed_identity(record)
         ctx.key = identity
+
+    def _digest(self, request, header: str | None) -> str:
+        """The sha256 of the presented secret, memoised per secret and per Bearer header."""
+        secret = bearer_token(header)
+        bearer = secret is not None
+        if not bearer:
+            secret = request.headers.get("x-api-key") or None
+        if secret is None:
+            raise AuthenticationError("Missing API key. Send it as 'Authorization: Bearer <key>'.",
+                                      code="missing_api_key")
+        if len(self.digests) >= DIGEST_MEMO or len(self.bearers) >= DIGEST_MEMO:   # a scan? start over
+            self.digests.clear()
+            self.bearers.clear()
+        digest = self.digests.get(secret)
+        if digest is None:
+            digest = self.digests[secret] = hashlib.sha256(secret.encode()).hexdigest()
+        if bearer:
+            self.bearers[header] = digest
+        return digest
 
 
 def auth(gateway, config) -> Auth:

@@ -32,7 +32,8 @@ def resolve_route(ctx: RequestContext) -> RouteMatch:
     """Resolve ctx.model once (memoised on ctx.match) and check the key may use it."""
     if ctx.match is None:
         match = resolve(ctx.model, ctx.state.table)
-        if ctx.key is not None and not ctx.key.allows(match.public_model):
+        key = ctx.key
+        if key is not None and key.allowed_models and not key.allows(match.public_model):
             raise PermissionDenied(f"This API key may not use the model '{match.public_model}'.",
                                    param="model", code="model_not_allowed",
                                    tip="Ask an administrator to add it to the key's allowed_models.")
@@ -84,7 +85,8 @@ def candidate_matches(ctx: RequestContext):
     seen = [first.route]
     for i, name in enumerate(extra):
         match = resolve(name, ctx.state.table)
-        if ctx.key is not None and not ctx.key.allows(match.public_model):
+        key = ctx.key
+        if key is not None and key.allowed_models and not key.allows(match.public_model):
             raise PermissionDenied(f"This API key may not use the model '{match.public_model}'.",
                                    param=f"models[{i}]", code="model_not_allowed")
         if all(r is not match.route for r in seen):
