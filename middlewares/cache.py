@@ -13,6 +13,8 @@ import hashlib
 from typing import AsyncIterator
 
 import orjson
+from aiohttp import hdrs
+from multidict import istr
 
 from proxy.chunks import Assembler, replay
 from proxy.context import JSONReply, StreamReply, Usage
@@ -27,6 +29,7 @@ IGNORED = frozenset(("stream", "stream_options", "cache", "preset", "model", "us
 FINISHED = ("stop", "tool_calls")   # a complete answer; "length" and the rest are not stored
 NO_CONTROLS = {"no-cache": False, "no-store": False, "ttl": None}   # read only
 ROUTE_MEMO = 1024
+X_CACHE = istr("x-cache")   # istr: aiohttp takes it without working out its case-insensitive form
 
 
 class Cache(Middleware):
@@ -44,11 +47,11 @@ class Cache(Middleware):
         match = resolve_route(ctx)
         enabled = config.enabled if match.route.cache is None else match.route.cache
         if not enabled:
-            ctx.response_headers["x-cache"] = "MISS"
+            ctx.response_headers[X_CACHE] = "MISS"
             return await call_next(ctx)
         control = _controls(ctx)
         if control["no-store"]:
-            ctx.cache_status = ctx.response_headers["x-cache"] = "MISS"
+            ctx.cache_status = ctx.response_headers[X_CACHE] = "MISS"
             return await call_next(ctx)
         store = self.gateway.response_cache
         key = self.key(ctx, match, self.shared if self.shared is not None else config.shared)
@@ -56,7 +59,7 @@ class Cache(Middleware):
             hit = await store.get(key)
             if hit is not None:
                 return self._hit(ctx, orjson.loads(hit))
-        ctx.cache_status = ctx.response_headers["x-cache"] = "MISS"
+        ctx.cache_status = ctx.response_headers[X_CACHE] = "MISS"
         ttl = control["ttl"] or config.ttl
         reply = await call_next(ctx)
         if isinstance(reply, JSONReply):
@@ -80,7 +83,7 @@ class Cache(Middleware):
 
     def _hit(self, ctx, stored: dict):
         ctx.cache_hit = True
-        ctx.cache_status = ctx.response_headers["x-cache"] = "HIT"
+        ctx.cache_status = ctx.response_headers[X_CACHE] = "HIT"
         completion = stored["completion"]
         ctx.provider, ctx.upstream_model = stored.get("provider"), stored.get("upstream_model")
         ctx.usage = Usage.from_openai(completion.get("usage"))
@@ -133,7 +136,7 @@ def _stored(ctx, completion: dict | orjson.Fragment) -> bytes:
 
 
 def _controls(ctx) -> dict:
-    header = ctx.request.headers.get("Cache-Control")
+    header = ctx.request.headers.get(hdrs.CACHE_CONTROL)
     if header is None and "cache" not in ctx.body:
         return NO_CONTROLS
     out = {"no-cache": False, "no-store": False, "ttl": None}

@@ -16,10 +16,15 @@ from __future__ import annotations
 import asyncio
 import time
 
+from multidict import istr
+
 from proxy.context import INFERENCE_ENDPOINTS
 from proxy.errors import RateLimited
 from proxy.pipeline import Middleware
 
+# header names as istr: aiohttp takes them without working out their case-insensitive form
+LIMIT_MINUTE, REMAINING_MINUTE, RESET_MINUTE = map(istr, ("X-RateLimit-Limit-Minute", "X-RateLimit-Remaining-Minute",
+                                                          "X-RateLimit-Reset-Minute"))
 SECONDS = tuple(map(str, range(121)))   # header values of a reset or retry time (1..120 s)
 
 
@@ -53,9 +58,9 @@ class RateLimit(Middleware):
             text = self.limit_texts.get(limit)
             if text is None:
                 text = self.limit_texts[limit] = str(limit)
-            headers["X-RateLimit-Limit-Minute"] = text
-            headers["X-RateLimit-Remaining-Minute"] = str(remaining)
-            headers["X-RateLimit-Reset-Minute"] = SECONDS[reset] if reset < len(SECONDS) else str(reset)
+            headers[LIMIT_MINUTE] = text
+            headers[REMAINING_MINUTE] = str(remaining)
+            headers[RESET_MINUTE] = SECONDS[reset] if reset < len(SECONDS) else str(reset)
             if not allowed:
                 raise RateLimited(f"Rate limit of {key.minute_limit} requests per minute exceeded.",
                                   code="minute_limit_exceeded", headers={"Retry-After": str(max(reset, 1))},

@@ -8,6 +8,7 @@ from random import getrandbits
 import orjson
 import structlog
 from aiohttp import web
+from multidict import istr
 
 from proxy.context import JSONReply, RequestContext, StreamReply
 from proxy.dispatch import check_chat_body
@@ -17,6 +18,7 @@ from proxy.sse import DONE, data_event
 log = structlog.get_logger("modelway")
 GATEWAY = web.AppKey("gateway", object)
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+REQUEST_ID = istr("x-request-id")   # istr: aiohttp takes it without working out its case-insensitive form
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
                "X-Accel-Buffering": "no"}
 
@@ -153,13 +155,13 @@ async def run(request: web.Request, ctx: RequestContext, prepare, adapt=None) ->
 def write_json(ctx: RequestContext, reply: JSONReply) -> web.Response:
     ctx.status = reply.status
     body = reply.body if isinstance(reply.body, bytes) else orjson.dumps(reply.body)
-    headers = {"x-request-id": ctx.request_id, **ctx.response_headers, **reply.headers}
+    headers = {REQUEST_ID: ctx.request_id, **ctx.response_headers, **reply.headers}
     return web.Response(body=body, status=reply.status, content_type="application/json", headers=headers)
 
 
 def error_response(ctx: RequestContext, err: GatewayError) -> web.Response:
     ctx.status, ctx.error_type, ctx.error_code = err.status, err.type, err.code
-    headers = {"x-request-id": ctx.request_id, **ctx.response_headers, **err.headers}
+    headers = {REQUEST_ID: ctx.request_id, **ctx.response_headers, **err.headers}
     body = err.to_anthropic_json() if ctx.endpoint == "messages" else err.to_json(ctx.request_id)
     return web.Response(body=body, status=err.status, content_type="application/json", headers=headers)
 
@@ -168,7 +170,7 @@ async def write_stream(request: web.Request, ctx: RequestContext, reply: StreamR
     """Write SSE events as they come. Errors raised by the iterator after the first byte become
     an error event then [DONE]; a client that goes away closes the iterator (and so the upstream)."""
     events = reply.events
-    resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, "x-request-id": ctx.request_id,
+    resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, REQUEST_ID: ctx.request_id,
                                                    **ctx.response_headers, **reply.headers})
     ctx.status = 200
     streams = ctx.gateway.streams
