@@ -60,6 +60,7 @@ class ResponseCache:
         self._culled_at = 0.0
         self.known: set[str] = set()
         self.writing: dict[str, tuple[bytes, float]] = {}   # key -> (value, ttl), not yet on disk
+        self.flushing: dict[str, tuple[bytes, float]] = {}  # the batch being written now
         self._last_rowid = 0
         self.tag = secrets.token_hex(8)   # marks this process's rows, which the scan skips
         self._poller: asyncio.Task | None = None
@@ -70,13 +71,13 @@ class ResponseCache:
 
     def might_have(self, key: str) -> bool:
         """False when `key` is surely not stored, which the caller knows without awaiting get()."""
-        return self._poller is None or key in self.writing or key in self.known
+        return self._poller is None or key in self.known   # put_later() adds to known at once
 
     async def get(self, key: str) -> bytes | None:
         if self._poller is None:
             self._poller = asyncio.ensure_future(self._poll())
             await self._scan()
-        pending = self.writing.get(key)
+        pending = self.writing.get(key) or self.flushing.get(key)
         if pending is not None:
             return pending[0]
         if key not in self.known:
@@ -100,14 +101,14 @@ class ResponseCache:
             await self._write_batch()
 
     async def _write_batch(self) -> None:
-        batch = dict(self.writing)
+        batch, self.writing = self.writing, {}
+        self.flushing = batch      # still served from memory until written
         try:
             await asyncio.shield(self._run(self._write, batch))
         except Exception:
             log.exception("cache_write_failed", entries=len(batch))
-        for key, entry in batch.items():
-            if self.writing.get(key) is entry:
-                del self.writing[key]
+        finally:
+            self.flushing = {}
 
     async def flush(self) -> None:
         while self.writing:
