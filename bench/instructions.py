@@ -1,14 +1,16 @@
 """Instructions per request under valgrind: a deterministic count where CPU time is not.
 
-    python -m bench.instructions [--requests 400] [--targets gateway,full]
+    python -m bench.instructions [--requests 1000] [--targets gateway,full]
 
 CPU time per request moves by ~10% from run to run on a shared machine, too much to see a
 change of a few microseconds. This runs the gateway (access log only) and the gateway with the
 full chain under `valgrind --tool=callgrind`, both at once, and reports the instructions each
-executes per request, which repeat to a fraction of a percent. The periodic work (ledger and
-cache writes, metrics snapshots, spend flushes) is pushed out of the run, so the count is the
-per-request work of the event-loop thread; the writers are measured with the bench itself.
-Needs valgrind; about a minute. Method and results: bench/README.md.
+process executes per request, which repeat to about a percent: all threads (the event loop,
+the ledger and cache writers) and the event-loop thread alone. valgrind slows a process ~30-50
+times, so every periodic task runs SLOWER times less often than configured (the ledger and cache
+writes every 6 s instead of 0.25 s): its batches stay about as large, per request, as in a real
+run. The batches' edges make the writers' share vary by a few hundred instructions a request.
+Needs valgrind; about a minute and a half. Method and results: bench/README.md.
 """
 from __future__ import annotations
 
@@ -27,17 +29,18 @@ import aiohttp
 
 from bench.run import PLAIN, SEQ, free_port, gateway_config, spawn, stop, wait_ready
 
-# start the gateway with every periodic task's interval set out of reach of the run
-LAUNCH = """
+SLOWER = 24    # periodic tasks' intervals times this, for valgrind's slowdown
+# start the gateway with every periodic task's interval scaled by SLOWER
+LAUNCH = f"""
 import functools, sys
 import proxy.response_cache as rc, proxy.store.ledger as ledger, proxy.store.metrics as metrics
 import proxy.store.counters as counters, proxy.cli
-later = 10 ** 6
-rc.ResponseCache.__init__ = functools.partialmethod(
-    rc.ResponseCache.__init__, poll_seconds=later, flush_seconds=later, cull_seconds=later)
-ledger.LedgerWriter.__init__ = functools.partialmethod(ledger.LedgerWriter.__init__, interval=later)
-metrics.Metrics.__init__ = functools.partialmethod(metrics.Metrics.__init__, interval=later)
-counters.SPEND_FLUSH_SECONDS = later
+def slower(cls, **defaults):
+    cls.__init__ = functools.partialmethod(cls.__init__, **{{k: v * {SLOWER} for k, v in defaults.items()}})
+slower(rc.ResponseCache, poll_seconds=0.5, flush_seconds=0.25, cull_seconds=1.0)
+slower(ledger.LedgerWriter, interval=0.25)
+slower(metrics.Metrics, interval=1.0)
+counters.SPEND_FLUSH_SECONDS *= {SLOWER}
 sys.exit(proxy.cli.main(sys.argv[1:]))
 """
 WARMUP = 200
@@ -66,15 +69,15 @@ async def ready(origin: str, proc: subprocess.Popen) -> None:
         raise SystemExit(f"the gateway under valgrind did not start: {why}")
 
 
-def measure(name: str, upstream_port: int, tmp: Path, requests: int, secret: str) -> int:
-    """Instructions per request of one target."""
+def measure(name: str, upstream_port: int, tmp: Path, requests: int, secret: str) -> tuple[int, int]:
+    """Instructions per request of one target: (all threads, the event-loop thread)."""
     port = free_port()
     data = tmp / f"{name}-data"
     data.mkdir()
     config = tmp / f"{name}.yaml"
     config.write_text(gateway_config(port, upstream_port, data, secret if name == "full" else None))
     out = tmp / f"{name}.callgrind"
-    proc = spawn(name, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
+    proc = spawn(name, ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}.%p",
                         sys.executable, "-c", LAUNCH, "serve", "--config", str(config)], tmp)
     origin = f"http://127.0.0.1:{port}"
     try:
@@ -85,17 +88,18 @@ def measure(name: str, upstream_port: int, tmp: Path, requests: int, secret: str
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
     finally:
         stop(proc, timeout=120)
-    dumps = [p for p in tmp.glob(f"{name}.callgrind.*") if re.search(r"\.\d+\.\d+$", p.name)]
+    # one dump per thread: <out>.<pid>.<dump number>-<thread number>; thread 01 runs the loop
+    dumps = [p for p in tmp.glob(f"{name}.callgrind.*") if re.search(r"\.\d+\.\d+-\d+$", p.name)]
     if not dumps:
         raise SystemExit(f"no callgrind dump for {name}")
-    total = sum(int(line.split()[1]) for p in dumps for line in p.read_text().splitlines()
-                if line.startswith("totals:"))
-    return round(total / requests)
+    totals = {p.name.rsplit("-", 1)[1]: sum(int(line.split()[1]) for line in p.read_text().splitlines()
+                                            if line.startswith("totals:")) for p in dumps}
+    return round(sum(totals.values()) / requests), round(totals.get("01", 0) / requests)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=400, help="measured requests per target")
+    parser.add_argument("--requests", type=int, default=1000, help="measured requests per target")
     parser.add_argument("--targets", default="gateway,full", help="comma-separated: gateway, full")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -112,10 +116,12 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         stop(upstream)
         shutil.rmtree(tmp, ignore_errors=True)
-    for name, count in counts.items():
-        print(f"{name:8} {count / 1000:8.1f} k instructions/request")
+    for name, (total, loop) in counts.items():
+        print(f"{name:8} {total / 1000:8.1f} k instructions/request ({loop / 1000:.1f} k in the event-loop thread,"
+              f" {(total - loop) / 1000:.1f} k in the others)")
     if len(counts) == 2:
-        print(f"full ÷ gateway: {counts['full'] / counts['gateway']:.3f}× (event-loop thread, per-request work only)")
+        (full, full_loop), (gateway, gateway_loop) = counts["full"], counts["gateway"]
+        print(f"full ÷ gateway: {full / gateway:.3f}× (event-loop thread alone: {full_loop / gateway_loop:.3f}×)")
 
 
 if __name__ == "__main__":
