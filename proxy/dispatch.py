@@ -85,8 +85,7 @@ def candidate_matches(ctx: RequestContext):
     seen = [first.route]
     for i, name in enumerate(extra):
         match = resolve(name, ctx.state.table)
-        key = ctx.key
-        if key is not None and key.allowed_models and not key.allows(match.public_model):
+        if ctx.key is not None and not ctx.key.allows(match.public_model):
             raise PermissionDenied(f"This API key may not use the model '{match.public_model}'.",
                                    param=f"models[{i}]", code="model_not_allowed")
         if all(r is not match.route for r in seen):

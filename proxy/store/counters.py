@@ -35,7 +35,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import math
-from math import ceil
 import mmap
 import os
 import struct
@@ -170,7 +169,7 @@ class SharedCounters:
             lease[3] -= 1
             lease[4] -= 1
             # seconds to the minute's end, rounded up: 60 - int(now % 60), as below
-            return True, lease[4] if lease[4] > 0 else 0, ceil(lease[1] - now)
+            return True, lease[4] if lease[4] > 0 else 0, math.ceil(lease[1] - now)
         minute = int(now // 60)
         reset = 60 - int(now % 60)      # ceil(60 - seconds into the minute): 1..60
         off = self._find(key_id)
