@@ -52,6 +52,20 @@ async def test_anthropic_sdk_authenticates_with_x_api_key(keyed):
         await client.messages.create(model="gpt-4o", max_tokens=50, messages=HI)
 
 
+async def test_the_key_is_the_one_each_request_presents(keyed, http):
+    """Secrets are hashed once and remembered; a header that did not name the key must not
+    be remembered as if it had."""
+    basic = {"Authorization": "Basic dXNlcjpwYXNz"}
+    for headers, status in (({"Authorization": f"Bearer {APP}"}, 200), ({"Authorization": f"Bearer {APP}"}, 200),
+                            ({**basic, "x-api-key": APP}, 200), ({**basic, "x-api-key": UNKNOWN}, 401),
+                            ({"Authorization": f"Bearer {UNKNOWN}", "x-api-key": APP}, 401),
+                            ({"Authorization": f"Bearer {APP}", "x-api-key": UNKNOWN}, 200)):
+        result = await call(http, "POST", keyed.url + CHAT, body=chat_body("mock-echo"), headers=headers)
+        assert result[0] == status, headers
+        if status == 401:
+            assert_envelope(result, 401, "authentication_error", "invalid_api_key")
+
+
 async def test_missing_key_is_401(keyed, http):
     for headers in ({}, {"Authorization": "Basic dXNlcjpwYXNz"}, {"Authorization": "Bearer "}):
         result = await call(http, "POST", keyed.url + CHAT, body=chat_body("mock-echo"), headers=headers)

@@ -164,3 +164,23 @@ async def test_an_unwritable_row_is_skipped_not_retried_forever(tmp_path, db):
     assert ledger.pending == 0
     assert _count(tmp_path, "SELECT group_concat(request_id) FROM ledger") == ("good",)
     await ledger.close()
+
+
+async def test_a_value_sqlite_cannot_bind_is_converted_and_the_batch_kept(tmp_path, db):
+    # rows as the accounting middleware builds them: every number column a number, -1 / '' for
+    # a missing value, so the batch is first inserted as it is
+    numbers = {"status": 200, "stream": 0, "cache_hit": 0, "completion_tokens": 0, "cached_tokens": 0,
+               "cache_write_tokens": 0, "reasoning_tokens": 0, "latency_ms": 1.5, "ttft_ms": -1,
+               "partial": 0, "attempts": 1}
+    ledger = LedgerWriter(db)
+    ledger.record(row_values({**numbers, "request_id": "plain", "model": "m", "preset": "",
+                              "prompt_tokens": 3, "cost": 0.5}))
+    ledger.record(row_values({**numbers, "request_id": "odd", "model": {"name": "m"}, "preset": "",
+                              "prompt_tokens": 4, "cost": 0.0}))    # SQLite cannot bind the dict
+    await ledger.flush()
+    assert ledger.pending == 0
+    rows = _count(tmp_path, "SELECT group_concat(request_id || '|' || model || '|' || prompt_tokens || '|'"
+                            " || coalesce(ttft_ms, 'null') || '|' || coalesce(preset, 'null'), ' ')"
+                            " FROM (SELECT * FROM ledger ORDER BY id)")
+    assert rows == ("plain|m|3|null|null odd|{'name': 'm'}|4|null|null",)
+    await ledger.close()
