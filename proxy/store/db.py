@@ -126,27 +126,33 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
-def insert_rows(conn: sqlite3.Connection, insert: str, row: str | Callable[[int], str], rows: list[tuple], *,
-                suffix: str = "", chunk: int = 32) -> None:
-    """`insert` + `row` + `suffix` for every row: one multi-row INSERT per `chunk` rows (the
-    same statement each time, so SQLite compiles it once per connection), the rest with
-    executemany. Fewer statements than executemany alone, and fewer GIL hand-offs. `row` is
-    the text of one row's values, or a function of the row's place in the statement (0, 1, ...)
-    giving it, for numbered parameters."""
-    many, one = _statements(insert, row, suffix, chunk)
-    whole = len(rows) // chunk * chunk
-    for i in range(0, whole, chunk):
-        conn.execute(many, list(chain.from_iterable(rows[i:i + chunk])))
-    if whole < len(rows):
-        conn.executemany(one, rows[whole:])
+STATEMENT_SIZES = (32, 16, 8, 4, 2, 1)   # rows per INSERT: each size is one statement text
 
 
-@functools.lru_cache(maxsize=16)
-def _statements(insert: str, row: str | Callable[[int], str], suffix: str, chunk: int) -> tuple[str, str]:
-    """The INSERT texts for `chunk` rows and for one, built once (the same string objects each
-    time: their hash, which pysqlite's statement cache looks up, is computed once)."""
-    text = row if callable(row) else lambda i: row
-    return insert + ", ".join(map(text, range(chunk))) + suffix, insert + text(0) + suffix
+def insert_rows(conn: sqlite3.Connection, insert: str, row: Callable[[int], str], rows: list[tuple], *,
+                shared: tuple = (), suffix: str = "") -> None:
+    """`insert` + the rows' texts + `suffix`: multi-row INSERTs of 32 rows, then 16, 8, 4, 2
+    and 1 for the rest, so a batch of any size takes few statements, always the same texts
+    (SQLite compiles each once per connection). `row(i)` is the text of the statement's i-th
+    row with numbered parameters: ?1..?n for the n `shared` values, which are bound once per
+    statement and which every row may use, then the row's own values in order (row i's first
+    is ?(n + 1 + i * its width)). Binding a value costs about as much as SQLite's whole
+    work on it: values the rows have in common go in `shared`."""
+    done, left = 0, len(rows)
+    for size in STATEMENT_SIZES:
+        if left >= size:
+            statement = _statement(insert, row, suffix, size)
+            while left >= size:
+                conn.execute(statement, [*shared, *chain.from_iterable(rows[done:done + size])])
+                done += size
+                left -= size
+
+
+@functools.lru_cache(maxsize=32)
+def _statement(insert: str, row: Callable[[int], str], suffix: str, size: int) -> str:
+    """The INSERT text for `size` rows, built once (the same string object each time: its
+    hash, which pysqlite's statement cache looks up, is computed once)."""
+    return insert + ", ".join(map(row, range(size))) + suffix
 
 
 def bump_version(conn: sqlite3.Connection, name: str) -> None:

@@ -87,12 +87,20 @@ _MISSING = {c: f"'{NONE_TEXT}'" if _CONVERT[c] is _text else str(NONE_NUMBER) if
             for c in LEDGER_COLUMNS}
 
 
+# A batch's rows are written grouped by the columns that say who called what and how it ended
+# (key_id .. cache_hit), which most rows of a batch share: bound once per INSERT, not per row.
+_SHARED = tuple(range(LEDGER_COLUMNS.index("key_id"), LEDGER_COLUMNS.index("cache_hit") + 1))
+_OWN = tuple(i for i in range(_WIDTH) if i not in _SHARED)
+_shared_values, _own_values = itemgetter(*_SHARED), itemgetter(*_OWN)
+
+
 def _row(i: int) -> str:
-    """Row `i` of a multi-row INSERT, with numbered parameters: `CASE WHEN ?n = <marker> THEN
-    NULL ELSE ?n END` where a value may be missing (in SQLite cheaper than NULLIF, a function
-    call that copies its value)."""
+    """Row `i` of a multi-row INSERT (see db.insert_rows): the shared columns' values are
+    ?1..?11, row i's own follow. `CASE WHEN ?n = <marker> THEN NULL ELSE ?n END` where a
+    value may be missing (in SQLite cheaper than NULLIF, a function call that copies its value)."""
     cells = []
-    for n, column in enumerate(LEDGER_COLUMNS, i * _WIDTH + 1):
+    for n, column in enumerate(LEDGER_COLUMNS):
+        n = _SHARED.index(n) + 1 if n in _SHARED else len(_SHARED) + i * len(_OWN) + _OWN.index(n) + 1
         marker = _MISSING[column]
         cells.append(f"?{n}" if marker is None else f"CASE WHEN ?{n} = {marker} THEN NULL ELSE ?{n} END")
     return "(" + ", ".join(cells) + ")"
@@ -144,16 +152,26 @@ def write_batch(conn: sqlite3.Connection, rows: list[tuple]) -> None:
     if _plain_numbers(rows):
         try:
             return _insert(conn, rows)
-        except (sqlite3.InterfaceError, sqlite3.ProgrammingError, sqlite3.IntegrityError, OverflowError):
-            pass     # a value SQLite cannot take: convert every row, and leave out what fails
+        except (sqlite3.InterfaceError, sqlite3.ProgrammingError, sqlite3.IntegrityError, OverflowError,
+                TypeError):
+            pass     # a value SQLite cannot take (or not hashable): convert every row, leave out what fails
     _insert(conn, _converted(rows))
 
 
 def _insert(conn: sqlite3.Connection, rows: list[tuple]) -> None:
+    groups: dict[tuple, list[tuple]] = {}
+    for row in rows:
+        shared = _shared_values(row)
+        group = groups.get(shared)
+        if group is None:
+            groups[shared] = [_own_values(row)]
+        else:
+            group.append(_own_values(row))
     with transaction(conn):
         # the write lock is held: this batch's rows get the ids after `last`
         last = conn.execute("SELECT coalesce(max(id), 0) FROM ledger").fetchone()[0]
-        insert_rows(conn, _INSERT, _row, rows)
+        for shared, own in groups.items():
+            insert_rows(conn, _INSERT, _row, own, shared=shared)
         _charge(conn, rows, last)
 
 

@@ -184,3 +184,28 @@ async def test_a_value_sqlite_cannot_bind_is_converted_and_the_batch_kept(tmp_pa
                             " FROM (SELECT * FROM ledger ORDER BY id)")
     assert rows == ("plain|m|3|null|null odd|{'name': 'm'}|4|null|null",)
     await ledger.close()
+
+
+async def test_a_mixed_batch_is_written_value_for_value(tmp_path, db):
+    # rows of several keys, models and outcomes in one batch, in group sizes that are not
+    # multiples of the INSERT's 32 rows: each row comes back exactly as it was recorded
+    ledger = LedgerWriter(db, interval=3600)
+    expected = []
+    for i in range(150):
+        key, model, status = [("k1", "m1", 200), ("k2", "m1", 200), ("k1", "m2", 502), ("k3", "m3", 429)][i % 7 % 4]
+        row = {"created_at": T0 + i, "request_id": f"req-{i}", "key_id": key, "key_label": key.upper(),
+               "model": model, "preset": "p" if i % 5 == 0 else "", "provider": "up",
+               "upstream_model": model + "-up", "endpoint": "chat", "status": status,
+               "error_type": "" if status == 200 else "upstream_error", "stream": i % 2, "cache_hit": 0,
+               "prompt_tokens": i, "completion_tokens": 2 * i, "cached_tokens": i % 3, "cache_write_tokens": 0,
+               "reasoning_tokens": i % 4, "cost": i / 1000, "latency_ms": i + 0.5,
+               "ttft_ms": -1 if i % 2 == 0 else i / 10, "partial": 0, "attempts": 1 + i % 2}
+        ledger.record(row_values(row))
+        expected.append(tuple(None if row[c] in ("", -1) and c in ("preset", "error_type", "ttft_ms") else row[c]
+                              for c in row))
+    await ledger.flush()
+    columns = ", ".join(row)      # the columns, in the order of the expected tuples
+    with sqlite3.connect(db_path(tmp_path)) as conn:
+        got = conn.execute(f"SELECT {columns} FROM ledger ORDER BY created_at").fetchall()
+    assert got == expected
+    await ledger.close()
