@@ -35,7 +35,14 @@ MAX_BACKLOG = 5000   # entries waiting for their batch write
 # mode MODE_RAW, no file, never accessed), tagged with the writing process. On a conflict
 # (another worker stored the same key meanwhile) the newer answer wins, unless that row's
 # value lives in a file, which an UPDATE here would orphan; then the other worker's answer stays.
-_ROW = "(?, 1, ?, ?, ?, 0, ?, 0, 1, NULL, ?)"
+# The batch's time, expiry and tag are bound once per INSERT (db.insert_rows) as ?1, ?2, ?3.
+
+
+def _row(i: int) -> str:
+    """Row `i` of a multi-row INSERT: its key and value, then the shared store/access time
+    (?1), expiry (?2) and tag (?3)."""
+    return f"(?{4 + 2 * i}, 1, ?1, ?2, ?1, 0, ?3, 0, 1, NULL, ?{5 + 2 * i})"
+
 _INSERT = ("INSERT INTO Cache (key, raw, store_time, expire_time, access_time, access_count, tag, size,"
            " mode, filename, value) VALUES ")
 _UPSERT = (" ON CONFLICT (key, raw) DO UPDATE SET store_time = excluded.store_time,"
@@ -116,16 +123,21 @@ class ResponseCache:
 
     def _write(self, batch: dict[str, tuple[bytes, float]]) -> None:
         now = time.time()
-        rows, large = [], []
+        by_ttl: dict[float, list[tuple[str, bytearray]]] = {}   # nearly always one ttl
+        large = []
         for key, (value, ttl) in batch.items():
             if len(value) < self.inline_limit:   # bytearray: pysqlite binds it without an adapter lookup
-                rows.append((key, now, now + ttl, now, self.tag, bytearray(value)))
+                rows = by_ttl.get(ttl)
+                if rows is None:
+                    rows = by_ttl[ttl] = []
+                rows.append((key, bytearray(value)))
             else:
                 large.append((key, value, ttl))
-        if rows:
+        if by_ttl:
             conn = self._connection()
             with transaction(conn):
-                insert_rows(conn, _INSERT, _ROW, rows, suffix=_UPSERT)
+                for ttl, rows in by_ttl.items():
+                    insert_rows(conn, _INSERT, _row, rows, shared=(now, now + ttl, self.tag), suffix=_UPSERT)
         for key, value, ttl in large:
             self.store.set(key, value, expire=ttl, tag=self.tag)
         if now - self._culled_at >= self.cull_seconds:

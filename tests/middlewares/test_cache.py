@@ -325,3 +325,27 @@ async def test_presets_and_cache_together_on_the_mock(make_gateway):
     chunks = [c async for c in stream]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "hi"
     assert chunks[-1].usage.cost == 0
+
+
+async def test_a_batch_of_entries_is_written_as_diskcache_rows(make_gateway, data_dir):
+    """Many answers stored at once, with two ttls: each is a row diskcache itself reads back,
+    with its own value and expiry, and diskcache's own count of entries is right."""
+    import time
+
+    import diskcache
+    gw = await make_gateway(routes(None, cache={"enabled": True}))
+    client = gw.client(APP)
+    ttls = {f"ask {i}": 60 if i % 3 else 3600 for i in range(45)}
+    states = await asyncio.gather(*(create(client, model="mock-echo", messages=[{"role": "user", "content": ask}],
+                                           extra_body={"cache": {"ttl": ttl}}) for ask, ttl in ttls.items()))
+    assert {state for state, _ in states} == {"MISS"}
+    await gw.close()                                 # graceful: the pending batch is written
+    now = time.time()
+    with diskcache.Cache(str(data_dir / "cache")) as store:
+        assert len(store) == len(ttls)
+        seen = {}
+        for key in store.iterkeys():
+            value, expires = store.get(key, expire_time=True)
+            answer = orjson.loads(value)["completion"]["choices"][0]["message"]["content"]
+            seen[answer] = round(expires - now, -1)
+    assert seen == {ask: float(ttl) for ask, ttl in ttls.items()}
