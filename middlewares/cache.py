@@ -27,7 +27,6 @@ from proxy.sse import split_events
 IGNORED = frozenset(("stream", "stream_options", "cache", "preset", "model", "user", "metadata", "store",
                      "service_tier", "models"))
 FINISHED = ("stop", "tool_calls")   # a complete answer; "length" and the rest are not stored
-NO_CONTROLS = {"no-cache": False, "no-store": False, "ttl": None}   # read only
 ROUTE_MEMO = 1024
 X_CACHE = istr("x-cache")   # istr: aiohttp takes it without working out its case-insensitive form
 
@@ -35,51 +34,53 @@ X_CACHE = istr("x-cache")   # istr: aiohttp takes it without working out its cas
 class Cache(Middleware):
     name = "cache"
 
-    def __init__(self, gateway, shared: bool | None):
+    def __init__(self, gateway, config, shared: bool | None):
         self.gateway = gateway
-        self.shared = shared
-        self.routes: dict[tuple, bytes] = {}   # (model name, effort) -> route_part(); one config's
+        self.config = config.cache      # the chain is built per config: its settings hold
+        self.shared = config.cache.shared if shared is None else shared
+        self.routes: dict[tuple, tuple[bytes, bool]] = {}   # (model name, effort) -> (route_part(), enabled)
 
     async def handle(self, ctx, call_next):
-        if ctx.endpoint != "chat" or ctx.body is None:
+        body = ctx.body
+        if ctx.endpoint != "chat" or body is None:
             return await call_next(ctx)
-        config = ctx.state.config.cache
         match = resolve_route(ctx)
-        enabled = config.enabled if match.route.cache is None else match.route.cache
+        name = (match.public_model, match.reasoning_effort)
+        memo = self.routes.get(name)
+        if memo is None:
+            if len(self.routes) >= ROUTE_MEMO:     # wildcard routes: names are the client's
+                self.routes.clear()
+            enabled = self.config.enabled if match.route.cache is None else match.route.cache
+            memo = self.routes[name] = (route_part(match), enabled)
+        route, enabled = memo
         if not enabled:
             ctx.response_headers[X_CACHE] = "MISS"
             return await call_next(ctx)
-        control = _controls(ctx)
-        if control["no-store"]:
-            ctx.cache_status = ctx.response_headers[X_CACHE] = "MISS"
-            return await call_next(ctx)
+        header = ctx.request.headers.get(hdrs.CACHE_CONTROL)
+        if header is None and "cache" not in body:      # the usual request: no cache controls
+            no_cache, ttl = False, self.config.ttl
+        else:
+            control = _controls(header, body)
+            if control["no-store"]:
+                ctx.cache_status = ctx.response_headers[X_CACHE] = "MISS"
+                return await call_next(ctx)
+            no_cache, ttl = control["no-cache"], control["ttl"] or self.config.ttl
         store = self.gateway.response_cache
-        key = self.key(ctx, match, self.shared if self.shared is not None else config.shared)
-        if not control["no-cache"] and store.might_have(key):
+        key = cache_key(ctx, self.shared, route)
+        if not no_cache and store.might_have(key):
             hit = await store.get(key)
             if hit is not None:
                 return self._hit(ctx, orjson.loads(hit))
         ctx.cache_status = ctx.response_headers[X_CACHE] = "MISS"
-        ttl = control["ttl"] or config.ttl
         reply = await call_next(ctx)
-        if isinstance(reply, JSONReply):
-            if reply.status == 200 and isinstance(reply.body, dict) and _complete(reply.body):
+        if type(reply) is JSONReply:
+            if reply.status == 200 and type(reply.body) is dict and _complete(reply.body):
                 # serialised here once: the same bytes answer the client and go into the cache
                 reply.body = orjson.dumps(reply.body)
                 store.put_later(key, _stored(ctx, orjson.Fragment(reply.body)), ttl)
             return reply
         reply.events = self._tee(ctx, reply.events, key, ttl)
         return reply
-
-    def key(self, ctx, match, shared: bool) -> str:
-        """cache_key(), with the serialised route part memoised per (model name, effort)."""
-        name = (match.public_model, match.reasoning_effort)
-        route = self.routes.get(name)
-        if route is None:
-            if len(self.routes) >= ROUTE_MEMO:     # wildcard routes: names are the client's
-                self.routes.clear()
-            route = self.routes[name] = route_part(match)
-        return cache_key(ctx, shared, route)
 
     def _hit(self, ctx, stored: dict):
         ctx.cache_hit = True
@@ -135,17 +136,16 @@ def _stored(ctx, completion: dict | orjson.Fragment) -> bytes:
     return orjson.dumps({"completion": completion, "provider": ctx.provider, "upstream_model": ctx.upstream_model})
 
 
-def _controls(ctx) -> dict:
-    header = ctx.request.headers.get(hdrs.CACHE_CONTROL)
-    if header is None and "cache" not in ctx.body:
-        return NO_CONTROLS
+def _controls(header: str | None, body: dict) -> dict:
+    """The request's cache controls: its Cache-Control header and the body's `cache` field,
+    which is removed here (the upstream never sees it)."""
     out = {"no-cache": False, "no-store": False, "ttl": None}
     header = (header or "").lower()
     if "no-store" in header:
         out["no-store"] = True
     if "no-cache" in header:
         out["no-cache"] = True
-    field = ctx.body.pop("cache", None)
+    field = body.pop("cache", None)
     if field is None:
         return out
     if not isinstance(field, dict):
@@ -183,4 +183,4 @@ def cache_key(ctx, shared: bool, route: bytes) -> str:
 
 
 def cache(gateway, config, *, shared: bool | None = None) -> Cache:
-    return Cache(gateway, shared)
+    return Cache(gateway, config, shared)
