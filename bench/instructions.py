@@ -1,6 +1,6 @@
 """Instructions per request under valgrind: a deterministic count where CPU time is not.
 
-    python -m bench.instructions [--requests 1000] [--targets gateway,full]
+    python -m bench.instructions [--requests 1000] [--targets gateway,full] [--keep]
 
 CPU time per request moves by ~10% from run to run on a shared machine, too much to see a
 change of a few microseconds. This runs the gateway (access log only) and the gateway with the
@@ -43,7 +43,7 @@ slower(metrics.Metrics, interval=1.0)
 counters.SPEND_FLUSH_SECONDS *= {SLOWER}
 sys.exit(proxy.cli.main(sys.argv[1:]))
 """
-WARMUP = 200
+WARMUP = 800    # long enough for several batch writes: SQLite compiles each INSERT text once
 CONCURRENCY = 4
 
 
@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000, help="measured requests per target")
     parser.add_argument("--targets", default="gateway,full", help="comma-separated: gateway, full")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir with the callgrind dumps"
+                        " (callgrind_annotate <dump> lists the functions)")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind (with callgrind_control) is needed: apt install valgrind")
@@ -115,7 +117,10 @@ def main(argv: list[str] | None = None) -> None:
                 lambda t: measure(t, upstream_port, tmp, args.requests, secret), targets)))
     finally:
         stop(upstream)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            print(f"callgrind dumps and logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     for name, (total, loop) in counts.items():
         print(f"{name:8} {total / 1000:8.1f} k instructions/request ({loop / 1000:.1f} k in the event-loop thread,"
               f" {(total - loop) / 1000:.1f} k in the others)")
