@@ -38,6 +38,7 @@ class RateLimit(Middleware):
 
     def __init__(self, gateway, config):
         self.gateway = gateway
+        self.counters = gateway.counters
         self.static_balances = {f"static:{k.label}": k.balance for k in config.keys if k.balance is not None}
         self.static_spent: dict[str, float] = {}   # ledger total at the last refresh + local spend since
         self.static_local: dict[str, float] = {}   # this process's spend, ever (to bridge refreshes)
@@ -50,15 +51,12 @@ class RateLimit(Middleware):
             # /v1/models and /v1/account/* neither use up nor are refused by a key's limits:
             # a limited key can always check its balance and activity
             return
-        counters = self.gateway.counters
+        counters = self.counters
         limit = key.minute_limit
         if limit is not None:
-            allowed, remaining, reset = counters.hit(key.id, limit)
+            allowed, remaining, reset = counters.hit(key.id, limit, ctx.created)
             headers = ctx.response_headers
-            text = self.limit_texts.get(limit)
-            if text is None:
-                text = self.limit_texts[limit] = str(limit)
-            headers[LIMIT_MINUTE] = text
+            headers[LIMIT_MINUTE] = self.limit_texts.get(limit) or self.limit_text(limit)
             headers[REMAINING_MINUTE] = str(remaining)
             headers[RESET_MINUTE] = SECONDS[reset] if reset < len(SECONDS) else str(reset)
             if not allowed:
@@ -72,6 +70,10 @@ class RateLimit(Middleware):
                 raise RateLimited(f"Too many concurrent requests for this key (max {key.max_concurrent}).",
                                   code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
             ctx.extra["concurrency_held"] = True
+
+    def limit_text(self, limit: int) -> str:
+        text = self.limit_texts[limit] = str(limit)
+        return text
 
     def _check_spend(self, key, counters) -> None:
         if key.daily_limit is not None:
@@ -94,14 +96,18 @@ class RateLimit(Middleware):
         if key is None:
             return
         if ctx.extra.get("concurrency_held"):
-            self.gateway.counters.release(key.id)
-        if ctx.cost:
+            self.counters.release(key.id)
+        cost = ctx.cost
+        if cost:
             # a key with a daily limit has its spend in the shared counters at once; for the
             # others nothing reads it before the next flush (a limit set later still sees it)
-            self.gateway.counters.add_spend(key.id, ctx.cost, ctx.created, defer=key.daily_limit is None)
+            if key.daily_limit is None:
+                self.counters.defer_spend(key.id, cost, ctx.created)
+            else:
+                self.counters.add_spend(key.id, cost, ctx.created)
             if key.id in self.static_balances:
-                self.static_local[key.id] = self.static_local.get(key.id, 0.0) + ctx.cost
-                self.static_spent[key.id] = self.static_spent.get(key.id, 0.0) + ctx.cost
+                self.static_local[key.id] = self.static_local.get(key.id, 0.0) + cost
+                self.static_spent[key.id] = self.static_spent.get(key.id, 0.0) + cost
 
     async def close(self) -> None:
         if self._refresher is not None:

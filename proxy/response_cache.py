@@ -72,6 +72,7 @@ class ResponseCache:
         self.tag = secrets.token_hex(8)   # marks this process's rows, which the scan skips
         self._poller: asyncio.Task | None = None
         self._flusher: asyncio.Task | None = None
+        self._flush_due = False     # a _flush_soon() task is running
 
     def _run(self, fn, *args):
         return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -99,13 +100,17 @@ class ResponseCache:
             return
         self.writing[key] = (value, ttl)
         self.known.add(key)
-        if self._flusher is None or self._flusher.done():
+        if not self._flush_due:
+            self._flush_due = True
             self._flusher = asyncio.ensure_future(self._flush_soon())
 
     async def _flush_soon(self) -> None:
-        while self.writing:
-            await asyncio.sleep(self.flush_seconds)
-            await self._write_batch()
+        try:
+            while self.writing:
+                await asyncio.sleep(self.flush_seconds)
+                await self._write_batch()
+        finally:
+            self._flush_due = False
 
     async def _write_batch(self) -> None:
         batch, self.writing = self.writing, {}

@@ -163,13 +163,16 @@ class SharedCounters:
     def hit(self, key_id: str, limit: int, now: float | None = None) -> tuple[bool, int, int]:
         """Count one request if the sliding minute window allows it.
         Returns (allowed, remaining requests, seconds until reset/retry)."""
-        now = time.time() if now is None else now
+        if now is None:
+            now = time.time()
         lease = self._leases.get(key_id)
-        if lease is not None and lease[0] <= now < lease[1] and lease[2] == limit and lease[3] > 0:
-            lease[3] -= 1
-            lease[4] -= 1
-            # seconds to the minute's end, rounded up: 60 - int(now % 60), as below
-            return True, lease[4] if lease[4] > 0 else 0, math.ceil(lease[1] - now)
+        if lease is not None:
+            start, end, leased_for, left, remaining = lease
+            if left and start <= now < end and leased_for == limit:
+                lease[3] = left - 1
+                lease[4] = remaining = remaining - 1
+                # seconds to the minute's end, rounded up: 60 - int(now % 60), as below
+                return True, remaining if remaining > 0 else 0, math.ceil(end - now)
         minute = int(now // 60)
         reset = 60 - int(now % 60)      # ceil(60 - seconds into the minute): 1..60
         off = self._find(key_id)
@@ -197,17 +200,17 @@ class SharedCounters:
         return True, max(0, remaining), reset
 
     # --- spend per UTC day -----------------------------------------------------------------
-    def add_spend(self, key_id: str, usd: float, now: float | None = None, *, defer: bool = False) -> None:
-        """Add to the key's spend today, in the shared slot at once, or with `defer` in this
-        process's memory: counted here at once (`spend_today`), moved into the file by the next
-        `flush_spend()` (the gateway calls it every SPEND_FLUSH_SECONDS, and `close()` does)."""
+    def add_spend(self, key_id: str, usd: float, now: float | None = None) -> None:
+        """Add to the key's spend today, in the shared slot at once."""
         now = time.time() if now is None else now
-        day, micro = int(now // 86400), round(usd * 1_000_000)
-        if defer:
-            slot = key_id, day
-            self._spend[slot] = self._spend.get(slot, 0) + micro
-        else:
-            self._add_spend(key_id, day, micro)
+        self._add_spend(key_id, int(now // 86400), round(usd * 1_000_000))
+
+    def defer_spend(self, key_id: str, usd: float, now: float) -> None:
+        """Add to the key's spend on the UTC day of `now` in this process's memory: counted
+        here at once (`spend_today`), moved into the file by the next `flush_spend()` (the
+        gateway calls it every SPEND_FLUSH_SECONDS, and `close()` does)."""
+        slot = key_id, int(now // 86400)
+        self._spend[slot] = self._spend.get(slot, 0) + round(usd * 1_000_000)
 
     def _add_spend(self, key_id: str, day: int, micro: int) -> None:
         def step(f: list) -> None:

@@ -110,12 +110,12 @@ def test_slots_persist_and_full_table_fails_open(tmp_path):
 
 def test_deferred_spend_counts_here_at_once_and_elsewhere_after_a_flush(tmp_path):
     here, there = SharedCounters(tmp_path / "c.bin"), SharedCounters(tmp_path / "c.bin")
-    here.add_spend("key_d", 0.5, now=NOW, defer=True)
+    here.defer_spend("key_d", 0.5, NOW)
     assert here.spend_today("key_d", now=NOW) == pytest.approx(0.5)
     assert there.spend_today("key_d", now=NOW) == 0.0
     here.flush_spend()
     assert there.spend_today("key_d", now=NOW) == pytest.approx(0.5)
-    here.add_spend("key_d", 0.25, now=NOW, defer=True)
+    here.defer_spend("key_d", 0.25, NOW)
     here.close()                                   # close flushes what is pending
     assert there.spend_today("key_d", now=NOW) == pytest.approx(0.75)
     there.close()
