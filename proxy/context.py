@@ -20,6 +20,18 @@ def round_ms(ms: float, per: int) -> float:
     return int(ms * per + 0.5) / per
 
 
+def token_count(value: Any) -> int:
+    """A token count from an upstream's usage object: a non-negative int as it is; a float or
+    a numeric string (some OpenAI-compatible servers send them) read as one; anything else
+    (missing, null, negative, not a number) counts 0, never an error for an answer that is fine."""
+    if type(value) is int and value >= 0:
+        return value
+    try:
+        return max(0, int(float(value)))
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
 @dataclass(slots=True)
 class Usage:
     """Token usage in OpenAI's meaning: prompt_tokens includes cached and cache-write tokens."""
@@ -34,13 +46,15 @@ class Usage:
     def from_openai(cls, u: dict | None) -> "Usage":
         if not u:
             return cls()
-        ptd = u.get("prompt_tokens_details") or {}
-        ctd = u.get("completion_tokens_details") or {}
-        return cls(prompt_tokens=u.get("prompt_tokens") or 0,
-                   completion_tokens=u.get("completion_tokens") or 0,
-                   cached_tokens=ptd.get("cached_tokens") or 0,
-                   cache_write_tokens=ptd.get("cache_write_tokens") or 0,
-                   reasoning_tokens=ctd.get("reasoning_tokens") or 0,
+        ptd = u.get("prompt_tokens_details")
+        ctd = u.get("completion_tokens_details")
+        ptd = ptd if type(ptd) is dict else {}
+        ctd = ctd if type(ctd) is dict else {}
+        return cls(prompt_tokens=token_count(u.get("prompt_tokens")),
+                   completion_tokens=token_count(u.get("completion_tokens")),
+                   cached_tokens=token_count(ptd.get("cached_tokens")),
+                   cache_write_tokens=token_count(ptd.get("cache_write_tokens")),
+                   reasoning_tokens=token_count(ctd.get("reasoning_tokens")),
                    known=True)
 
     def cost(self, pricing: "Pricing | None") -> float:

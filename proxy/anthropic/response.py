@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 import orjson
 
-from proxy.context import Usage
+from proxy.context import Usage, token_count
 from proxy.errors import ContextTooLong, GatewayError, ProviderError, from_upstream, sanitise
 
 REASONING_FORMAT = "anthropic-claude-v1"
@@ -34,13 +34,14 @@ ERROR_STATUS: dict[str, int] = {
 def usage_from_anthropic(u: Mapping[str, Any] | None) -> Usage:
     if not u:
         return Usage()
-    read = u.get("cache_read_input_tokens") or 0
-    write = u.get("cache_creation_input_tokens") or 0
-    details = u.get("output_tokens_details") or {}
-    return Usage(prompt_tokens=(u.get("input_tokens") or 0) + read + write,
-                 completion_tokens=u.get("output_tokens") or 0,
+    read = token_count(u.get("cache_read_input_tokens"))
+    write = token_count(u.get("cache_creation_input_tokens"))
+    details = u.get("output_tokens_details")
+    return Usage(prompt_tokens=token_count(u.get("input_tokens")) + read + write,
+                 completion_tokens=token_count(u.get("output_tokens")),
                  cached_tokens=read, cache_write_tokens=write,
-                 reasoning_tokens=details.get("thinking_tokens") or 0, known=True)
+                 reasoning_tokens=token_count(details.get("thinking_tokens")) if type(details) is dict else 0,
+                 known=True)
 
 
 def finish_reason(stop_reason: str | None, called_tools: bool) -> str:

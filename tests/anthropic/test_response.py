@@ -115,6 +115,15 @@ def test_cache_usage_cost_uses_cache_prices():
     assert usage.cost(pricing) == pytest.approx(expected)
 
 
+def test_odd_token_counts_are_read_as_numbers_or_counted_zero():
+    # a proxy in front of Anthropic that sends strings, floats or junk must not break the answer
+    usage = usage_from_anthropic({"input_tokens": "14", "output_tokens": 17.0, "cache_read_input_tokens": None,
+                                  "cache_creation_input_tokens": -3, "output_tokens_details": "n/a"})
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens,
+            usage.reasoning_tokens) == (14, 17, 0, 0, 0)
+    assert usage.cost(Pricing(input=3.0, output=15.0)) == pytest.approx((14 * 3.0 + 17 * 15.0) / 1_000_000)
+
+
 @pytest.mark.parametrize("name,reason", [("max_tokens.json", "length"), ("refusal.json", "content_filter")])
 def test_stop_reasons(name, reason):
     _, cc = translate(name)

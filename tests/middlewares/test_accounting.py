@@ -9,6 +9,7 @@ import random
 import aiohttp
 import anthropic
 import openai
+import orjson
 import pytest
 
 from tests.middlewares.helpers import (APP, CHAT, OPS, OTHER, PRICING, UNKNOWN, assert_envelope, call,
@@ -256,3 +257,49 @@ async def test_balance_own_key_and_management_view(gw, http):
     assert everyone["data"]["total_spent"] == pytest.approx(own["total_spent"] + app["data"]["total_spent"])
     _, _, one_key = await call(http, "GET", url + "?key_id=static:budget", OPS)
     assert one_key["data"]["requests"] == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_upstream_usage_with_odd_token_counts_is_answered_and_read_as_numbers(make_gateway, data_dir,
+                                                                                       http, stream):
+    """Some OpenAI-compatible servers send token counts as strings or floats, or junk: the
+    answer still reaches the client as the upstream sent it (plus cost), and the ledger reads
+    what is a number and counts the rest 0."""
+    from aiohttp import web
+
+    from tests.fakes import serve_loopback
+    usage = {"prompt_tokens": "1000", "completion_tokens": 200.0, "total_tokens": None,
+             "prompt_tokens_details": {"cached_tokens": [1]}, "completion_tokens_details": "n/a"}
+    base = {"id": "chatcmpl-odd", "created": 1, "model": "odd"}
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        if not (await request.json()).get("stream"):
+            return web.json_response({**base, "object": "chat.completion", "usage": usage, "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for chunk in ({"choices": [{"index": 0, "delta": {"role": "assistant", "content": "ok"}, "finish_reason": None}]},
+                      {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}, {"choices": [], "usage": usage}):
+            await resp.write(b"data: " + orjson.dumps({**base, "object": "chat.completion.chunk", **chunk}) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner, url = await serve_loopback(app)
+    try:
+        gw = await make_gateway(routes(url + "/v1"))
+        body = chat_body("up/odd", "odd usage", stream=stream, stream_options={"include_usage": True})
+        async with http.post(gw.url + CHAT, json=body, headers={"Authorization": f"Bearer {APP}"}) as resp:
+            assert resp.status == 200
+            text = await resp.text()
+            request_id = resp.headers["x-request-id"]
+        sent = orjson.loads(text) if not stream else orjson.loads(text.split("data: ")[-2])
+        expected = round((1000 * PRICING["input"] + 200 * PRICING["output"]) / 1_000_000, 10)
+        assert sent["usage"] == {**usage, "cost": pytest.approx(expected)}
+        rows = await wait_ledger(data_dir, 1, "WHERE request_id = ?", (request_id,))
+        assert (rows[0]["status"], rows[0]["prompt_tokens"], rows[0]["completion_tokens"], rows[0]["cached_tokens"],
+                rows[0]["reasoning_tokens"]) == (200, 1000, 200, 0, 0)
+        assert rows[0]["cost"] == pytest.approx(expected)
+    finally:
+        await runner.cleanup()
