@@ -20,12 +20,17 @@ def round_ms(ms: float, per: int) -> float:
     return int(ms * per + 0.5) / per
 
 
+INT_ONLY = {int}
+
+
 def token_count(value: Any) -> int:
     """A token count from an upstream's usage object: a non-negative int as it is; a float or
     a numeric string (some OpenAI-compatible servers send them) read as one; anything else
     (missing, null, negative, not a number) counts 0, never an error for an answer that is fine."""
-    if type(value) is int and value >= 0:
-        return value
+    if type(value) is int:
+        return value if value >= 0 else 0
+    if value is None:
+        return 0
     try:
         return max(0, int(float(value)))
     except (TypeError, ValueError, OverflowError):
@@ -46,16 +51,15 @@ class Usage:
     def from_openai(cls, u: dict | None) -> "Usage":
         if not u:
             return cls()
-        ptd = u.get("prompt_tokens_details")
-        ctd = u.get("completion_tokens_details")
-        ptd = ptd if type(ptd) is dict else {}
-        ctd = ctd if type(ctd) is dict else {}
-        return cls(prompt_tokens=token_count(u.get("prompt_tokens")),
-                   completion_tokens=token_count(u.get("completion_tokens")),
-                   cached_tokens=token_count(ptd.get("cached_tokens")),
-                   cache_write_tokens=token_count(ptd.get("cache_write_tokens")),
-                   reasoning_tokens=token_count(ctd.get("reasoning_tokens")),
-                   known=True)
+        ptd = u.get("prompt_tokens_details") or {}
+        ctd = u.get("completion_tokens_details") or {}
+        if type(ptd) is not dict or type(ctd) is not dict:
+            ptd, ctd = (ptd if type(ptd) is dict else {}), (ctd if type(ctd) is dict else {})
+        counts = (u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0, ptd.get("cached_tokens") or 0,
+                  ptd.get("cache_write_tokens") or 0, ctd.get("reasoning_tokens") or 0)
+        if set(map(type, counts)) != INT_ONLY or min(counts) < 0:     # odd values: rare
+            counts = tuple(map(token_count, counts))
+        return cls(*counts, known=True)
 
     def cost(self, pricing: "Pricing | None") -> float:
         """USD by the route's pricing (USD per 1M tokens); cached and cache-write at their prices."""
