@@ -56,7 +56,7 @@ class RateLimit(Middleware):
         if limit is not None:
             allowed, remaining, reset = counters.hit(key.id, limit, ctx.created)
             headers = ctx.response_headers
-            headers[LIMIT_MINUTE] = self.limit_texts.get(limit) or self.limit_text(limit)
+            headers[LIMIT_MINUTE] = self.limit_texts.get(limit) or self._limit_text(limit)
             headers[REMAINING_MINUTE] = str(remaining)
             headers[RESET_MINUTE] = SECONDS[reset] if reset < len(SECONDS) else str(reset)
             if not allowed:
@@ -71,7 +71,7 @@ class RateLimit(Middleware):
                                   code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
             ctx.extra["concurrency_held"] = True
 
-    def limit_text(self, limit: int) -> str:
+    def _limit_text(self, limit: int) -> str:
         text = self.limit_texts[limit] = str(limit)
         return text
 

@@ -20,7 +20,7 @@ def round_ms(ms: float, per: int) -> float:
     return int(ms * per + 0.5) / per
 
 
-INT_ONLY = {int}
+_INT_ONLY = {int}
 
 
 def token_count(value: Any) -> int:
@@ -57,7 +57,7 @@ class Usage:
             ptd, ctd = (ptd if type(ptd) is dict else {}), (ctd if type(ctd) is dict else {})
         counts = (u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0, ptd.get("cached_tokens") or 0,
                   ptd.get("cache_write_tokens") or 0, ctd.get("reasoning_tokens") or 0)
-        if set(map(type, counts)) != INT_ONLY or min(counts) < 0:     # odd values: rare
+        if set(map(type, counts)) != _INT_ONLY or min(counts) < 0:     # odd values: rare
             counts = tuple(map(token_count, counts))
         return cls(*counts, known=True)
 

@@ -35,19 +35,17 @@ MAX_BACKLOG = 5000   # entries waiting for their batch write
 # mode MODE_RAW, no file, never accessed), tagged with the writing process. On a conflict
 # (another worker stored the same key meanwhile) the newer answer wins, unless that row's
 # value lives in a file, which an UPDATE here would orphan; then the other worker's answer stays.
-# The batch's time, expiry and tag are bound once per INSERT (db.insert_rows) as ?1, ?2, ?3.
-
-
-def _row(i: int) -> str:
-    """Row `i` of a multi-row INSERT: its key and value, then the shared store/access time
-    (?1), expiry (?2) and tag (?3)."""
-    return f"(?{4 + 2 * i}, 1, ?1, ?2, ?1, 0, ?3, 0, 1, NULL, ?{5 + 2 * i})"
-
 _INSERT = ("INSERT INTO Cache (key, raw, store_time, expire_time, access_time, access_count, tag, size,"
            " mode, filename, value) VALUES ")
 _UPSERT = (" ON CONFLICT (key, raw) DO UPDATE SET store_time = excluded.store_time,"
            " expire_time = excluded.expire_time, access_time = excluded.access_time,"
            " value = excluded.value WHERE Cache.filename IS NULL")
+
+
+def _row(i: int) -> str:
+    """Row `i` of a multi-row INSERT (db.insert_rows): its own key and value; the store and
+    access time (?1), expiry (?2) and tag (?3) are the batch's, bound once per INSERT."""
+    return f"(?{4 + 2 * i}, 1, ?1, ?2, ?1, 0, ?3, 0, 1, NULL, ?{5 + 2 * i})"
 
 
 class ResponseCache:
