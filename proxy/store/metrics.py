@@ -44,8 +44,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "modelway_tokens_total": ("Tokens by model and kind (prompt includes cached and "
                               "cache_write).", ("model", "kind")),
     "modelway_cost_usd_total": ("Cost in USD by model.", ("model",)),
-    "modelway_upstream_errors_total": ("Failed requests that reached an upstream, by provider "
-                                       "and error type.", ("provider", "type")),
+    "modelway_upstream_errors_total": ("Failed upstream calls (each retry and fallback counts), by "
+                                       "provider and error code.", ("provider", "type")),
     "modelway_cache_hits_total": ("Requests answered from the response cache.", ("model",)),
 }
 HISTOGRAMS: dict[str, tuple[str, tuple[str, ...], tuple[float, ...]]] = {
@@ -58,7 +58,7 @@ HISTOGRAMS: dict[str, tuple[str, tuple[str, ...], tuple[float, ...]]] = {
 _LABELS = operator.itemgetter(*(LEDGER_COLUMNS.index(c) for c in ("model", "provider", "status")))
 _COUNTED = operator.itemgetter(*(LEDGER_COLUMNS.index(c) for c in (
     "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens", "cost",
-    "cache_hit", "latency_ms", "ttft_ms", "error_type", "attempts")))
+    "cache_hit", "latency_ms", "ttft_ms")))
 # the histograms' bounds in ms, as the ledger row has the durations
 _LATENCY_MS = tuple(round(b * 1000, 6) for b in LATENCY_BUCKETS)
 _TTFT_MS = tuple(round(b * 1000, 6) for b in TTFT_BUCKETS)
@@ -129,8 +129,10 @@ class Metrics:
                 else:
                     group.append(row)
         for (model, provider, status), group in groups.items():
-            model, provider = model or "", provider or ""
-            *sums, latencies, ttfts, errors, attempts = zip(*map(_COUNTED, group))
+            # a request refused before it was routed (no key, a limit, an unknown model) counts
+            # under model="": its model name is the client's, and a label must not be
+            model, provider = (model or "", provider) if provider else ("", "")
+            *sums, latencies, ttfts = zip(*map(_COUNTED, group))
             labels = (model, provider, status or 0)
             s = self._requests.get(labels)
             if s is None:
@@ -138,10 +140,6 @@ class Metrics:
             s[0] += len(group)
             for i, column in enumerate(sums, 1):     # tokens by kind, cost, cache hits
                 s[i] += sum(filter(None, column))
-            if provider and any(errors):
-                for error, tried in zip(errors, attempts):
-                    if error and tried:
-                        _add(self._counters["modelway_upstream_errors_total"], (provider, error), 1)
             _observe(self._hists["modelway_request_latency_seconds"], (model,), _LATENCY_MS, latencies)
             _observe(self._hists["modelway_ttft_seconds"], (model,), _TTFT_MS, ttfts)   # -1: no token came
 

@@ -38,12 +38,14 @@ async def test_metrics_count_requests_tokens_cost_errors_cache_hits_and_latency(
     m = await scrape(http, gw.url)
     assert metric(m, "modelway_requests_total", model="gpt-4o-mini", provider="up", status="200") == 2
     assert metric(m, "modelway_requests_total", model="up/fail-500", provider="up", status="502") == 1
-    assert metric(m, "modelway_requests_total", model="mock-echo", status="401") == 1
+    assert metric(m, "modelway_requests_total", model="", provider="", status="401") == 1   # never routed
     assert metric(m, "modelway_requests_total", model="mock-echo", provider="mock", status="200") == 1
     assert metric(m, "modelway_requests_total") == 5
     assert metric(m, "modelway_cache_hits_total", model="gpt-4o-mini") == 1
     assert metric(m, "modelway_cost_usd_total", model="gpt-4o-mini") == pytest.approx(miss.usage.cost)
-    assert metric(m, "modelway_upstream_errors_total", provider="up", type="provider_error") == 1
+    # one failed upstream call, by its error code, and nothing else (no second series per request)
+    errors = {labels: v for (name, labels), v in m.items() if name == "modelway_upstream_errors_total"}
+    assert errors == {frozenset({("provider", "up"), ("type", "upstream_error")}): 1}
 
     rows = await wait_ledger(data_dir, 5)
     for kind in ("prompt", "completion"):

@@ -47,6 +47,7 @@ def test_observe_then_render(tmp_path):
     m.observe(_row(status=502, error_type="upstream_error", completion_tokens=0, cost=0,
                    latency_ms=2000.0, ttft_ms=None))
     m.observe(_row(model='we"ird\\mo\ndel', cache_hit=True, cost=0, attempts=0))
+    m.inc("modelway_upstream_errors_total", ("openai", "upstream_error"))   # as the dispatcher counts a failed call
     m.set_gauge("modelway_target_cooldown", {"target": "openai/gpt-4o"}, 1,
                 help="1 while a target is cooling down after errors.")
     text = m.render()
@@ -123,5 +124,6 @@ def test_render_without_data_dir_shows_only_this_process():
     m = Metrics()
     m.observe(_row(status=429, provider=None, error_type="rate_limit_error", attempts=0))
     s = _parse(m.render())
-    assert s['modelway_requests_total{model="gpt-4o",provider="",status="429"}'] == 1
+    # refused before routing: the model is only what the client asked for, not a label
+    assert s['modelway_requests_total{model="",provider="",status="429"}'] == 1
     assert not any(k.startswith("modelway_upstream_errors_total") for k in s)
