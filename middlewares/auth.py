@@ -48,6 +48,7 @@ def bearer_token(header: str | None) -> str | None:
 
 class Auth(Middleware):
     name = "auth"
+    needs_body = False
 
     def __init__(self, gateway, config):
         self.gateway = gateway

@@ -124,9 +124,11 @@ async def run(request: web.Request, ctx: RequestContext, prepare, adapt=None) ->
     state = ctx.state
     state.inflight += 1
     try:
+        early, hooks, handler = state.endpoints[ctx.endpoint]
+        for hook in early:          # auth: a bad key is a 401 whatever the body
+            hook(ctx)
         if prepare is not None:
             await prepare(request, ctx)
-        hooks, handler = state.endpoints[ctx.endpoint]
         for hook in hooks:
             hook(ctx)
         reply = await handler(ctx)

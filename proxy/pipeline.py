@@ -36,6 +36,7 @@ BUILTINS = {
 
 class Middleware:
     name = "middleware"
+    needs_body = True   # False: its `before` may run before the request body is read (auth)
 
     def before(self, ctx: "RequestContext") -> None:
         """Check or rewrite the request before the rest of the chain; raise to refuse it."""
@@ -85,17 +86,23 @@ class Chain:
         self.middlewares = tuple(middlewares)
         self.finishers = tuple(m.finish for m in middlewares if type(m).finish is not Middleware.finish)
 
-    def wrap(self, endpoint: Handler) -> tuple[tuple, Handler]:
-        """(the `before` hooks ahead of every wrapper, the handler for the rest): the caller runs
-        the hooks, then awaits the handler, so leading hooks cost no coroutine layer at all."""
-        handler, befores = endpoint, []
+    def wrap(self, endpoint: Handler) -> tuple[tuple, tuple, Handler]:
+        """(the leading `before` hooks that need no body, the other `before` hooks ahead of
+        every wrapper, the handler for the rest): the caller runs the first before it reads
+        the body (a bad key is refused as such, whatever the body), then the others, then
+        awaits the handler, so leading hooks cost no coroutine layer at all."""
+        handler, befores, owners = endpoint, [], []
         for mw in reversed(self.middlewares):
             if type(mw).handle is not Middleware.handle:
                 handler = partial(mw.handle, call_next=_with_befores(befores, handler))
-                befores = []
+                befores, owners = [], []
             if type(mw).before is not Middleware.before:
                 befores.insert(0, mw.before)
-        return tuple(befores), handler
+                owners.insert(0, mw)
+        early = 0
+        while early < len(owners) and not owners[early].needs_body:
+            early += 1
+        return tuple(befores[:early]), tuple(befores[early:]), handler
 
     async def close(self) -> None:
         for mw in self.middlewares:

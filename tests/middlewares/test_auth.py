@@ -148,9 +148,22 @@ async def test_refused_requests_are_in_the_ledger_without_a_key(keyed, data_dir)
     with pytest.raises(openai.AuthenticationError) as exc:
         await keyed.client(UNKNOWN).chat.completions.create(model="gpt-4o-mini", messages=HI)
     row = await row_for(data_dir, exc.value.request_id)
+    # the key is checked before the body is read: the row has no model, as the body was never read
     assert (row["status"], row["error_type"], row["key_id"], row["model"]) == \
-        (401, "authentication_error", None, "gpt-4o-mini")
+        (401, "authentication_error", None, None)
     assert row["prompt_tokens"] == 0 and row["cost"] == 0
+
+
+@pytest.mark.parametrize("body", [b'{"model": "gpt-4o-mini", "messages": []}', b"not json", b""])
+async def test_a_bad_key_is_401_whatever_the_body(keyed, http, body):
+    """As OpenAI answers: the key is checked first, so a client with a wrong key learns that,
+    not what is wrong with its body (which the gateway does not read for it)."""
+    for headers in ({"Authorization": f"Bearer {UNKNOWN}"}, {}):
+        async with http.post(keyed.url + CHAT, data=body, headers={"Content-Type": "application/json", **headers}) as r:
+            assert r.status == 401, await r.text()
+            assert (await r.json())["error"]["type"] == "authentication_error"
+    async with http.post(keyed.url + CHAT, data=body, headers={"Authorization": f"Bearer {APP}"}) as r:
+        assert r.status == 400          # with a good key, the body's own error
 
 
 async def test_auth_mode_none_needs_no_key(upstream, make_gateway, http, data_dir):
