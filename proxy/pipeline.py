@@ -6,7 +6,8 @@ overrides any of:
 
 - `before(ctx)`: a synchronous check or rewrite before the rest of the chain, refusing the
   request by raising an APIError (auth, rate limits, presets). Consecutive hooks run in one
-  loop, without a coroutine layer each.
+  loop, without a coroutine layer each. Leading hooks of middlewares with `needs_body = False`
+  (auth) run before the request body is read.
 - `handle(ctx, call_next)`: wraps the rest of the chain; may short-circuit it (cache hits) or
   wrap a StreamReply's `events` iterator (cache). It runs after the middleware's own `before`.
 - `finish(ctx)`: observes the completed request exactly once — after the last byte, an error
