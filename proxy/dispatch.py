@@ -31,8 +31,8 @@ MAX_RETRY_WAIT = 2.0   # seconds; an upstream asking for longer is not retried, 
 def resolve_route(ctx: RequestContext) -> RouteMatch:
     """Resolve ctx.model once (memoised on ctx.match) and check the key may use it."""
     if ctx.match is None:
-        match = resolve(ctx.model, ctx.state.table)
         key = ctx.key
+        match = resolve(ctx.model, ctx.state.table, key.allows if key is not None and key.allowed_models else None)
         if key is not None and key.allowed_models and not key.allows(match.public_model):
             raise PermissionDenied(f"This API key may not use the model '{match.public_model}'.",
                                    param="model", code="model_not_allowed",
@@ -84,7 +84,7 @@ def candidate_matches(ctx: RequestContext):
         return
     seen = [first.route]
     for i, name in enumerate(extra):
-        match = resolve(name, ctx.state.table)
+        match = resolve(name, ctx.state.table, ctx.key.allows if ctx.key is not None else None)
         if ctx.key is not None and not ctx.key.allows(match.public_model):
             raise PermissionDenied(f"This API key may not use the model '{match.public_model}'.",
                                    param=f"models[{i}]", code="model_not_allowed")

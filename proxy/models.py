@@ -30,10 +30,11 @@ async def list_models_endpoint(ctx: RequestContext) -> JSONReply:
     state = ctx.state
     model_id = ctx.extra.get("model_id")
     if model_id is not None:
-        match = resolve(model_id, state.table)
-        if ctx.key is not None and not ctx.key.allows(match.public_model):
+        allows = ctx.key.allows if ctx.key is not None else None
+        match = resolve(model_id, state.table, allows)
+        if allows is not None and not allows(match.public_model):
             raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model",
-                                tip=closest_tip(model_id, state.table))
+                                tip=closest_tip(model_id, state.table, allows))
         return JSONReply(model_entry(state, match.route, model_id))
     data = [model_entry(state, route, name) for name, route in state.table.exact.items()
             if ctx.key is None or ctx.key.allows(name)]

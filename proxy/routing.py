@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 from proxy.config import ModelRoute
 from proxy.context import RouteMatch
@@ -32,7 +32,9 @@ class RouteTable:
         return list(self.exact) + [p + "*" for p, _ in self.wildcards]
 
 
-def resolve(model: str, table: RouteTable) -> RouteMatch:
+def resolve(model: str, table: RouteTable, allows: Callable[[str], bool] | None = None) -> RouteMatch:
+    """The route for `model`, else ModelNotFound whose tip suggests close names (only those
+    `allows` admits: a key is never told of models it may not use)."""
     route = table.exact.get(model)
     if route is not None:
         return RouteMatch(route, model)
@@ -44,7 +46,7 @@ def resolve(model: str, table: RouteTable) -> RouteMatch:
         if name.startswith(prefix) and len(name) > len(prefix):
             return RouteMatch(route, name, wildcard_rest=name[len(prefix):], reasoning_effort=effort)
     raise ModelNotFound(f"The model '{model}' does not exist or is not routed by this gateway.",
-                        param="model", tip=closest_tip(name, table))
+                        param="model", tip=closest_tip(name, table, allows))
 
 
 def split_thinking(model: str) -> tuple[str, str | None]:
@@ -59,8 +61,8 @@ def split_thinking(model: str) -> tuple[str, str | None]:
                          tip="Use ':thinking', ':thinking:low', ':thinking:medium' or ':thinking:high'.")
 
 
-def closest_tip(name: str, table: RouteTable) -> str:
-    names = table.names()
+def closest_tip(name: str, table: RouteTable, allows: Callable[[str], bool] | None = None) -> str:
+    names = [n for n in table.names() if allows is None or allows(n)]
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
     if not close:
         lowered = name.lower()

@@ -119,7 +119,17 @@ async def test_models_lists_only_what_the_key_may_use(keyed):
     assert (await keyed.client(LIMITED).models.retrieve("gpt-4o-mini")).id == "gpt-4o-mini"
     with pytest.raises(openai.NotFoundError) as exc:
         await keyed.client(LIMITED).models.retrieve("gpt-4o")
-    assert_sdk_error(exc.value, 404, "invalid_request_error", "model_not_found")
+    err = assert_sdk_error(exc.value, 404, "invalid_request_error", "model_not_found")
+    assert "'gpt-4o'" not in (err.get("tip") or "")     # not suggested to a key that may not use it
+
+
+async def test_a_did_you_mean_tip_names_only_models_the_key_may_use(keyed):
+    for key, expected in ((APP, "'gpt-4o'"), (LIMITED, "'gpt-4o-mini'")):
+        with pytest.raises(openai.NotFoundError) as exc:
+            await keyed.client(key).chat.completions.create(model="gpt-4o-", messages=HI)
+        tip = assert_sdk_error(exc.value, 404, "invalid_request_error", "model_not_found", "model")["tip"]
+        assert expected in tip, tip
+    assert "'gpt-4o'," not in tip and "'gpt-4o'?" not in tip      # LIMITED may not use gpt-4o
 
 
 async def test_models_and_account_endpoints_need_a_key(keyed, http):
