@@ -45,13 +45,12 @@ class Presets(Middleware):
 def apply(ctx, name: str, override: str | None) -> None:
     presets = ctx.state.config.presets
     preset = presets.get(name)
+    key = ctx.key
     if preset is None:
-        known = ", ".join(sorted(presets)) or "none are configured"
+        known = ", ".join(sorted(n for n, p in presets.items() if _may_use(key, p))) or "none for this key"
         raise NotFound(f"Preset '{name}' does not exist.", param="model", code="preset_not_found",
                        tip=f"Known presets: {known}.")
-    key = ctx.key
-    if preset.keys is not None and key is not None and not key.management \
-            and key.label not in preset.keys and key.id not in preset.keys:
+    if not _may_use(key, preset):
         raise PermissionDenied(f"This API key may not use preset '{name}'.", param="model",
                                code="preset_not_allowed", tip="Ask an administrator to add the key to the preset's keys.")
     if override:
@@ -78,3 +77,7 @@ def apply(ctx, name: str, override: str | None) -> None:
 
 def presets(gateway, config) -> Presets:
     return Presets()
+
+
+def _may_use(key, preset) -> bool:
+    return preset.keys is None or key is None or key.management or key.label in preset.keys or key.id in preset.keys

@@ -94,7 +94,11 @@ async def test_an_unknown_preset_is_404(gw, upstream):
             await gw.client(APP).chat.completions.create(model=model, messages=HI, extra_body=extra)
         err = assert_sdk_error(exc.value, 404, "invalid_request_error", "preset_not_found", "model")
         assert "'nope'" in err["message"] and "bot" in err["tip"]
+        assert "private" not in err["tip"]          # APP may not use it: not named to APP
     assert upstream.requests == []
+    with pytest.raises(openai.NotFoundError) as exc:
+        await gw.client(OTHER).chat.completions.create(model="presets/nope", messages=HI)
+    assert "private" in exc.value.body["tip"]       # OTHER may
 
 
 async def test_a_preset_outside_its_keys_is_403(gw, upstream):
