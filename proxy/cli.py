@@ -16,6 +16,9 @@ def _load_or_exit(path: str):
     except FileNotFoundError:
         print(f"modelway: config file not found: {path}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:   # a directory, no permission, ...
+        print(f"modelway: cannot read config file {path}: {exc.strerror or exc}", file=sys.stderr)
+        sys.exit(2)
     except ConfigError as exc:
         print(f"modelway: {path} has {len(exc.problems)} problem(s):", file=sys.stderr)
         for p in exc.problems:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import sys
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -172,9 +173,25 @@ class Config:
 # --- reading --------------------------------------------------------------------------
 
 INT, NUM, STR, BOOL, LIST, MAP = "int", "number", "string", "boolean", "list", "mapping"
+COUNT, MONEY, POSITIVE = "int >= 1", "number >= 0", "number > 0"   # kinds with a lower bound
+NUMBERS = (NUM, MONEY, POSITIVE)   # read as float
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    """A finite number: YAML's .nan and .inf (and ints too big for a float) are refused."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= sys.float_info.max
+
+
 _CHECK = {
-    INT: lambda v: isinstance(v, int) and not isinstance(v, bool),
-    NUM: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    INT: _is_int,
+    NUM: _is_num,
+    COUNT: lambda v: _is_int(v) and v >= 1,
+    MONEY: lambda v: _is_num(v) and v >= 0,
+    POSITIVE: lambda v: _is_num(v) and v > 0,
     STR: lambda v: isinstance(v, str),
     BOOL: lambda v: isinstance(v, bool),
     LIST: lambda v: isinstance(v, list),
@@ -221,7 +238,7 @@ class _Reader:
             if isinstance(v, str) and name not in raw:
                 v = self.interp(v, path + (name,))
             ok = self.check(v, kind, path + (name,), nullable=bool(rest and rest[0]))
-            out[name] = (float(v) if kind == NUM and v is not None else v) if ok else default
+            out[name] = (float(v) if kind in NUMBERS and v is not None else v) if ok else default
         return out
 
     def interp(self, v: str, path: Path) -> str:
@@ -233,7 +250,10 @@ class _Reader:
 
 def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
     with open(path, encoding="utf-8") as fh:
-        text = fh.read()
+        try:
+            text = fh.read()
+        except UnicodeDecodeError as exc:
+            raise ConfigError(path, [Problem("", None, f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
     return parse_config(text, path, env)
 
 

@@ -5,10 +5,13 @@ import difflib
 import re
 from types import MappingProxyType
 
-from proxy.config import (BOOL, BUILTIN_MIDDLEWARES, CAPABILITIES, DEFAULT_MIDDLEWARES, INT, LIST,
-                          MAP, NUM, RETRY_ON, STR, CacheConfig, Config, MiddlewareSpec, ModelRoute, Pricing,
-                          Preset, ProviderConfig, ServerConfig, StaticKey, Target, Timeouts, _Reader)
-from proxy.yamlsrc import interpolate
+from proxy.config import (BOOL, BUILTIN_MIDDLEWARES, CAPABILITIES, COUNT, DEFAULT_MIDDLEWARES, INT, LIST,
+                          MAP, MONEY, NUM, POSITIVE, RETRY_ON, STR, CacheConfig, Config, MiddlewareSpec,
+                          ModelRoute, Pricing, Preset, ProviderConfig, ServerConfig, StaticKey, Target,
+                          Timeouts, _Reader)
+from proxy.errors import GatewayError
+from proxy.routing import RouteTable, resolve
+from proxy.yamlsrc import interpolate, path_str
 
 TOP = {"server": (MAP, None), "middlewares": (LIST, None), "providers": (MAP, None),
        "models": (MAP, None), "presets": (MAP, None), "keys": (LIST, None),
@@ -24,14 +27,15 @@ MODEL = {"targets": (LIST, None), "strategy": (STR, "fallback"), "pricing": (MAP
          "cache": (BOOL, None, True), "max_tokens": (INT, None, True), "retries": (INT, 2),
          "retry_on": (LIST, None), "cooldown_seconds": (NUM, 30.0), "owned_by": (STR, None)}
 TARGET = {"provider": (STR, None), "model": (STR, None), "weight": (NUM, 1.0)}
-PRICING = {"input": (NUM, 0.0), "output": (NUM, 0.0), "cached_input": (NUM, None, True),
-           "cache_write": (NUM, None, True)}
+PRICING = {"input": (MONEY, 0.0), "output": (MONEY, 0.0), "cached_input": (MONEY, None, True),
+           "cache_write": (MONEY, None, True)}
 PRESET = {"model": (STR, None), "system": (STR, None, True), "params": (MAP, None), "keys": (LIST, None)}
 KEY = {"label": (STR, None), "sha256": (STR, None), "allowed_models": (LIST, None),
-       "minute_limit": (INT, None, True), "daily_limit": (NUM, None, True), "balance": (NUM, None, True),
-       "max_concurrent": (INT, None, True), "expires_at": (NUM, None, True), "disabled": (BOOL, False)}
+       "minute_limit": (COUNT, None, True), "daily_limit": (MONEY, None, True), "balance": (MONEY, None, True),
+       "max_concurrent": (COUNT, None, True), "expires_at": (NUM, None, True), "disabled": (BOOL, False)}
 MGMT_KEY = {"label": (STR, None), "sha256": (STR, None)}
-CACHE = {"enabled": (BOOL, False), "ttl": (NUM, 3600.0), "size_limit_mb": (NUM, 1024.0), "shared": (BOOL, False)}
+CACHE = {"enabled": (BOOL, False), "ttl": (POSITIVE, 3600.0), "size_limit_mb": (POSITIVE, 1024.0),
+         "shared": (BOOL, False)}
 AUTH = {"mode": (STR, "keys")}
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
@@ -43,14 +47,17 @@ def build(r: _Reader, data, filename: str, version: str) -> Config:
     providers = _providers(r, top["providers"] or {}, warnings)
     declared = set(top["providers"] or {})   # a provider with its own problem is not also "unknown"
     models = _models(r, top["models"] or {}, providers, declared)
+    secrets: dict = {}   # sha256 -> (path, label) of the first key with it, across both lists
+    keys = _keys(r, top["keys"] or [], ("keys",), KEY, secrets)
+    management_keys = _keys(r, top["management_keys"] or [], ("management_keys",), MGMT_KEY, secrets)
+    key_names = {k.label for k in keys + management_keys} | {f"static:{k.label}" for k in keys}
+    presets = _presets(r, top["presets"] or {}, models, set(map(str, top["models"] or {})), key_names, warnings)
     return Config(
         path=filename, version=version,
         server=ServerConfig(**(r.fields(top["server"] or {}, ("server",), SERVER) or {})),
         middlewares=_middlewares(r, top["middlewares"]),
         providers=MappingProxyType(providers), models=MappingProxyType(models),
-        presets=MappingProxyType(_presets(r, top["presets"] or {})),
-        keys=tuple(_keys(r, top["keys"] or [], ("keys",), KEY)),
-        management_keys=tuple(_keys(r, top["management_keys"] or [], ("management_keys",), MGMT_KEY)),
+        presets=MappingProxyType(presets), keys=tuple(keys), management_keys=tuple(management_keys),
         cache=CacheConfig(**(r.fields(top["cache"] or {}, ("cache",), CACHE) or {})),
         auth_mode=_auth_mode(r, top["auth"]), warnings=tuple(warnings))
 
@@ -180,21 +187,41 @@ def _models(r: _Reader, value: dict, providers: dict, declared: set) -> dict[str
     return out
 
 
-def _presets(r: _Reader, value: dict) -> dict[str, Preset]:
+def _presets(r: _Reader, value: dict, models: dict, declared: set, key_names: set,
+             warnings: list[str]) -> dict[str, Preset]:
+    """Presets, each naming a model the router resolves (or `any`); `keys` entries that name no
+    key of routes.yaml are only warned about: they may be managed keys' labels or ids."""
     out = {}
+    table = RouteTable.build(models)
     for name, spec in value.items():
         path = ("presets", name)
         f = r.fields(spec, path, PRESET, required=("model",))
         if not f or f["model"] is None:
             continue
+        if f["model"] != "any" and f["model"] not in declared and not _routed(f["model"], table):
+            close = difflib.get_close_matches(f["model"], table.names(), n=1)
+            r.problem(path + ("model",), f"preset {name!r} names model {f['model']!r}, which no route matches"
+                      + (f" (did you mean {close[0]!r}?)" if close else "; use a name under models: or 'any'"))
         keys = tuple(str(k) for k in f["keys"]) if f["keys"] is not None else None
+        for k in keys or ():
+            if k not in key_names:
+                warnings.append(f"preset {name!r}: keys entry {k!r} names no key in routes.yaml "
+                                "(fine if it is a managed key's label or id)")
         out[str(name)] = Preset(name=str(name), model=f["model"], system=f["system"],
                                 params=MappingProxyType(dict(f["params"] or {})), keys=keys)
     return out
 
 
-def _keys(r: _Reader, value: list, path, spec) -> list[StaticKey]:
-    out = []
+def _routed(model: str, table: RouteTable) -> bool:
+    try:
+        resolve(model, table)
+    except GatewayError:
+        return False
+    return True
+
+
+def _keys(r: _Reader, value: list, path, spec, secrets: dict) -> list[StaticKey]:
+    out, labels = [], {}
     for i, item in enumerate(value):
         f = r.fields(item, path + (i,), spec, required=("label", "sha256"))
         if not f or f["sha256"] is None:
@@ -204,6 +231,16 @@ def _keys(r: _Reader, value: list, path, spec) -> list[StaticKey]:
                                            "(run `modelway keys hash`), never the key itself")
             continue
         f["sha256"] = f["sha256"].lower()
+        first_path, first_label = secrets.setdefault(f["sha256"], (path + (i,), f["label"]))
+        if first_path != path + (i,):
+            r.problem(path + (i, "sha256"), f"duplicate key: {f['label']!r} has the same sha256 as "
+                                           f"{first_label!r} ({path_str(first_path)}); list each key once")
+            continue
+        first = labels.setdefault(f["label"], i)
+        if first != i:     # the label is the key's id (static:<label>) in the ledger and the limits
+            r.problem(path + (i, "label"), f"duplicate label {f['label']!r} (also {path_str(path + (first,))}):"
+                                          " a key's label is its id in the ledger and the limits")
+            continue
         if "allowed_models" in f:
             f["allowed_models"] = tuple(str(m) for m in (f["allowed_models"] or ()))
         out.append(StaticKey(**f))

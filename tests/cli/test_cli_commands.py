@@ -66,6 +66,45 @@ def test_check_missing_file_is_an_error(tmp_path, cli):
     assert code not in (0, None) and "not found" in err
 
 
+def test_check_a_directory_is_a_one_line_error():
+    r = modelway("check", "--config", str(BUNDLED.parent))
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == f"modelway: cannot read config file {BUNDLED.parent}: Is a directory\n"
+
+
+def test_check_refuses_duplicate_keys_negative_limits_and_a_preset_with_no_route(tmp_path, cli):
+    path, cache_line = typo_copy(tmp_path, "ttl: 3600", "ttl: -1")
+    text = path.read_text().replace("model: mock-echo", "model: nope", 1)
+    sha = "ab" * 32
+    text += (f"keys:\n  - {{label: web, sha256: {sha}, minute_limit: -5}}\n"
+             f"  - {{label: batch, sha256: {sha}}}\n"
+             f"management_keys:\n  - {{label: ops, sha256: {sha}}}\n")
+    path.write_text(text)
+    line = {word: next(i for i, ln in enumerate(text.splitlines(), 1) if word in ln and "#" not in ln)
+            for word in ("model: nope", "label: web,", "label: batch,", "label: ops,")}
+    code, out, err = cli("check", "--config", str(path))
+    assert code == 1 and "OK" not in out
+    assert err.splitlines() == [
+        f"modelway: {path} has 5 problem(s):",
+        f"  {path}:{cache_line}: cache.ttl: must be a number > 0, got int -1",
+        f"  {path}:{line['model: nope']}: presets.support-bot.model: preset 'support-bot' names model 'nope', "
+        "which no route matches; use a name under models: or 'any'",
+        f"  {path}:{line['label: web,']}: keys[0].minute_limit: must be an int >= 1, got int -5",
+        f"  {path}:{line['label: batch,']}: keys[1].sha256: duplicate key: 'batch' has the same sha256 as 'web' "
+        "(keys[0]); list each key once",
+        f"  {path}:{line['label: ops,']}: management_keys[0].sha256: duplicate key: 'ops' has the same sha256 as "
+        "'web' (keys[0]); list each key once"]
+
+
+def test_check_warns_about_preset_keys_naming_no_key_in_the_file(tmp_path, cli):
+    path = tmp_path / "routes.yaml"
+    path.write_text(BUNDLED.read_text().replace("model: mock-echo", "model: mock-echo\n    keys: [web-app]", 1))
+    code, out, err = cli("check", "--config", str(path))
+    assert code == 0, err
+    assert "warning: preset 'support-bot': keys entry 'web-app' names no key in routes.yaml" in out
+    assert "OK" in out
+
+
 def test_check_names_a_middleware_that_cannot_be_imported(tmp_path, cli):
     path, _ = typo_copy(tmp_path, "middlewares: [access_log", "middlewares: ['nope.nothing:factory', access_log")
     code, _, err = cli("check", "--config", str(path))
