@@ -3,15 +3,15 @@ management key), and key management (management key only), with Routeway's field
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import time
 
 from proxy.context import JSONReply, RequestContext
 from proxy.errors import AuthenticationError, InvalidRequest, NotFound, PermissionDenied
+from proxy.store.keys import check_fields, usd
 
-KEY_FIELDS = {"label": str, "allowed_models": list, "minute_limit": int, "daily_limit": float,
-              "balance": float, "max_concurrent": int, "expires_at": float, "disabled": bool}
-_RELATIVE = re.compile(r"^(\d+)([smhdw])$")
+_RELATIVE = re.compile(r"^(\d{1,12})([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -23,13 +23,20 @@ def parse_time(value: str | None, param: str) -> float | None:
     if m:
         return time.time() - int(m.group(1)) * _UNITS[m.group(2)]
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
-        pass
+        seconds = _iso(value)
+    if not math.isfinite(seconds):     # not a time, or "nan", "inf", "1e999"
+        raise InvalidRequest(f"'{param}' must be unix seconds, an ISO date or a span like 7d.", param=param)
+    return seconds
+
+
+def _iso(value: str) -> float:
+    """Unix seconds of an ISO date/time (UTC unless it says otherwise); NaN if it is none."""
     try:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidRequest(f"'{param}' must be unix seconds, an ISO date or a span like 7d.", param=param)
+        return math.nan
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.timezone.utc)
     return parsed.timestamp()
@@ -86,7 +93,10 @@ async def account_endpoint(ctx: RequestContext) -> JSONReply:
                         remaining_today=(max(key.daily_limit - data["spent_today"], 0.0)
                                          if key.daily_limit is not None else None))
             if key.source == "static" and key.balance is not None:
-                data["balance"] = round(key.balance - (data.get("total_spent") or 0.0), 10)
+                data["balance"] = key.balance - (data.get("total_spent") or 0.0)
+        for name in ("balance", "total_spent", "spent_today", "remaining_today"):
+            if name in data:
+                data[name] = usd(data[name])
         return JSONReply({"data": data})
     if path.endswith("/activity"):
         limit, offset = _int(query, "limit", 50, 1, 1000), _int(query, "offset", 0, 0, 10**9)
@@ -98,30 +108,18 @@ async def account_endpoint(ctx: RequestContext) -> JSONReply:
         raise InvalidRequest("'group_by' must be day, model or key.", param="group_by")
     since = since if since is not None else time.time() - 30 * 86400
     rows = await gw.ledger.analytics(key_id, group_by, since, until)
+    for r in rows:
+        r["cost"] = usd(r["cost"])
     return JSONReply({"object": "list", "group_by": group_by, "since": since, "until": until, "data": rows})
 
 
 def key_fields(body, partial: bool) -> dict:
+    """A JSON body's key fields, checked (see check_fields); expires_at may be a string."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    out = {}
-    for name, value in body.items():
-        kind = KEY_FIELDS.get(name)
-        if kind is None:
-            raise InvalidRequest(f"Unknown key field '{name}'; known: {', '.join(KEY_FIELDS)}.", param=name)
-        if value is None:
-            out[name] = None
-            continue
-        if name == "expires_at" and isinstance(value, str):
-            value = parse_expiry(value, name)
-        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if kind is float else \
-             (isinstance(value, kind) and not (kind is int and isinstance(value, bool)))
-        if not ok or (name == "allowed_models" and not all(isinstance(m, str) for m in value)):
-            raise InvalidRequest(f"'{name}' has the wrong type.", param=name)
-        out[name] = float(value) if kind is float else value
-    if not partial and not out.get("label"):
-        raise InvalidRequest("Missing required parameter: 'label'.", param="label")
-    return out
+    if isinstance(body.get("expires_at"), str):
+        body = {**body, "expires_at": parse_expiry(body["expires_at"])}
+    return check_fields(body, partial=partial)
 
 
 async def _keys(ctx: RequestContext, method: str, key_id: str | None) -> JSONReply:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import hashlib
+import json
 import os
 import sys
 
@@ -24,7 +25,9 @@ def _store(args):
 
 
 def _fields(args) -> dict:
+    """The key fields given as options, checked by the HTTP API's rules (InvalidRequest)."""
     from proxy.account import parse_expiry
+    from proxy.store.keys import check_fields
     out = {}
     for name in ("label", "minute_limit", "daily_limit", "balance", "max_concurrent"):
         value = getattr(args, name, None)
@@ -34,7 +37,7 @@ def _fields(args) -> dict:
         out["allowed_models"] = [m for m in args.allowed_models.split(",") if m] or None
     if getattr(args, "expires_at", None):
         out["expires_at"] = parse_expiry(args.expires_at, "expires_at")
-    return out
+    return check_fields(out, partial=args.keys_command != "create")
 
 
 def _print(data) -> None:
@@ -45,8 +48,12 @@ def cmd_keys(args) -> int:
     if args.keys_command == "hash":
         secret = args.secret if args.secret is not None else (
             sys.stdin.readline().strip() if not sys.stdin.isatty() else getpass.getpass("key: "))
+        if not secret.strip():
+            print("modelway: the key is empty; give it as an argument or on standard input", file=sys.stderr)
+            return 2
         digest = hashlib.sha256(secret.encode()).hexdigest()
-        print(f'- {{label: {args.label or "my-key"}, sha256: "{digest}"}}')
+        label = json.dumps(args.label or "my-key")    # a JSON string is a YAML string: any label is safe
+        print(f'- {{label: {label}, sha256: "{digest}"}}')
         return 0
     from proxy.errors import GatewayError
     try:
@@ -87,16 +94,22 @@ def cmd_keys(args) -> int:
 
 def cmd_usage(args) -> int:
     from proxy.account import parse_time
+    from proxy.errors import GatewayError
     from proxy.store.db import db_path
+    from proxy.store.keys import usd
     from proxy.store.ledger import format_usage_table, usage_report
+    try:
+        since, until = parse_time(args.since, "since"), parse_time(args.until, "until")
+    except GatewayError as exc:
+        print(f"modelway: {exc.message}", file=sys.stderr)
+        return 2
     path = db_path(_data_dir(args))
     if not os.path.exists(path):
         print("no ledger yet (no request has been served with this data_dir)")
         return 0
-    rows = usage_report(path, by=args.by, since=parse_time(args.since, "since"),
-                        until=parse_time(args.until, "until"), key_id=args.key)
+    rows = usage_report(path, by=args.by, since=since, until=until, key_id=args.key)
     if args.format == "json":
-        _print(rows)
+        _print([{**r, "cost": usd(r["cost"])} for r in rows])
     else:
         print(format_usage_table(rows, args.by))
     return 0

@@ -12,11 +12,14 @@ balance within ~0.75 s (ledger flush + poll).
 
 Sync methods (`create`, `list`, `get`, `update`, `revoke`) block: they are for the CLI. HTTP
 handlers use the `a`-prefixed async twins, which also refresh this process's dict at once.
+Callers check what a user gives with `check_fields` first: the one set of rules for a key's
+fields, shared by the HTTP API and the CLI. The store itself only refuses unknown field names.
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import secrets
 import sqlite3
 import time
@@ -25,14 +28,51 @@ from typing import Any
 import orjson
 import structlog
 
+from proxy.errors import InvalidRequest
 from proxy.store.db import Database, bump_version, fetch_dicts, read_versions, stop_task, transaction
 from proxy.store.ledger import utc_day_start
 
 log = structlog.get_logger(__name__)
 
 SECRET_PREFIX = "mw-"
-UPDATABLE = frozenset({"label", "allowed_models", "minute_limit", "daily_limit", "balance",
-                       "max_concurrent", "expires_at", "disabled"})
+MONEY_DIGITS = 10           # USD amounts are shown rounded like a request's cost (1e-10 USD)
+LABEL_MAX = 256
+_INT_MAX = 2**31 - 1
+_USD_MAX = 1e12
+_EXPIRES_MAX = 253402300800.0   # 10000-01-01T00:00:00Z
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _label(v: Any) -> bool:
+    return isinstance(v, str) and bool(v.strip()) and len(v) <= LABEL_MAX and not _CONTROL.search(v)
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= _INT_MAX
+
+
+def _number(v: Any, low: float, high: float) -> bool:
+    """A JSON number (not a bool, not NaN) with low <= v <= high."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high
+
+
+# field -> (what it must be, check); None clears a field except `label` and `disabled`
+RULES = {
+    "label": (f"a non-empty string of at most {LABEL_MAX} characters without control characters",
+              _label),
+    "allowed_models": ("a list of model names or globs, or null for all models",
+                       lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v)),
+    "minute_limit": (f"an integer from 1 to {_INT_MAX} (requests per minute), or null for no limit", _int),
+    "daily_limit": ("a number from 0 to 1e12 (USD per UTC day), or null for no limit",
+                    lambda v: _number(v, 0, _USD_MAX)),
+    "balance": ("a number from 0 to 1e12 (USD), or null for no balance", lambda v: _number(v, 0, _USD_MAX)),
+    "max_concurrent": (f"an integer from 1 to {_INT_MAX}, or null for no limit", _int),
+    "expires_at": (("unix seconds after 1970 and before the year 10000, an ISO date or a span like 30d, "
+                    "or null for never"), lambda v: _number(v, 1, _EXPIRES_MAX - 1)),
+    "disabled": ("true or false", lambda v: isinstance(v, bool)),
+}
+UPDATABLE = frozenset(RULES)
+_FLOATS = ("daily_limit", "balance", "expires_at")
 _PUBLIC = ("id, label, prefix, allowed_models, minute_limit, daily_limit, balance, "
            "max_concurrent, expires_at, disabled, created_at, updated_at, last_used_at")
 
@@ -46,6 +86,32 @@ def mask_secret(secret: str) -> str:
     return f"{secret[:6]}...{secret[-4:]}"
 
 
+def usd(value: float | None) -> float | None:
+    """A USD amount rounded to MONEY_DIGITS: sums of costs without float noise."""
+    return round(value, MONEY_DIGITS) if value is not None else None
+
+
+def check_fields(fields: dict, *, partial: bool) -> dict:
+    """A key's fields as a user gives them (HTTP body or CLI options; expires_at already unix
+    seconds), checked by RULES: those of a new key (`label` required) or, with partial, of a
+    change. Returns them with USD amounts and expires_at as floats. Raises InvalidRequest
+    naming the field and what it must be."""
+    if not partial and fields.get("label") is None:
+        raise InvalidRequest("Missing required parameter: 'label'.", param="label")
+    out = {}
+    for name, value in fields.items():
+        rule = RULES.get(name)
+        if rule is None:
+            raise InvalidRequest(f"Unknown key field '{name}'; known: {', '.join(RULES)}.", param=name)
+        if value is None and name not in ("label", "disabled"):
+            out[name] = None
+        elif not rule[1](value):
+            raise InvalidRequest(f"'{name}' must be {rule[0]}.", param=name)
+        else:
+            out[name] = float(value) if name in _FLOATS else value
+    return out
+
+
 def _decode(row: dict) -> dict:
     allowed = row["allowed_models"]
     row["allowed_models"] = orjson.loads(allowed) if allowed is not None else None
@@ -55,11 +121,7 @@ def _decode(row: dict) -> dict:
 
 def _encode(field: str, value: Any) -> Any:
     if field == "allowed_models":
-        if value is None:
-            return None
-        if isinstance(value, str) or not all(isinstance(m, str) for m in value):
-            raise ValueError("allowed_models must be a list of model names or globs")
-        return orjson.dumps(list(value)).decode()
+        return orjson.dumps(list(value)).decode() if value is not None else None
     if field == "disabled":
         return int(bool(value))
     return value
@@ -71,13 +133,15 @@ def _select(conn: sqlite3.Connection, where: str = "", params: tuple = ()) -> li
 
 
 def _with_usage(conn: sqlite3.Connection, rows: list[dict]) -> list[dict]:
-    """Fill `usage_today` (USD in the ledger since 00:00 UTC) on masked records."""
+    """Fill `usage_today` (USD in the ledger since 00:00 UTC) on masked records, and round
+    their USD amounts (`balance` is decremented by each cost)."""
     if rows:
         spent = dict(conn.execute(
             "SELECT key_id, sum(cost) FROM ledger WHERE created_at >= ? GROUP BY key_id",
             (utc_day_start(),)).fetchall())
         for r in rows:
-            r["usage_today"] = spent.get(r["id"]) or 0.0
+            r["usage_today"] = usd(spent.get(r["id"]) or 0.0)
+            r["balance"], r["daily_limit"] = usd(r["balance"]), usd(r["daily_limit"])
     return rows
 
 

@@ -4,6 +4,7 @@ data_dir: its changes reach the gateway within a second."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ import time
 import openai
 import orjson
 import pytest
+import yaml
 
 from tests.cli.procs import ROOT, clean_env, modelway
 from tests.middlewares.helpers import APP, OTHER, eventually, routes, wait_ledger
@@ -55,9 +57,11 @@ async def test_keys_hash_prints_the_routes_yaml_line_for_a_static_key(make_gatew
     r = await cli("keys", "hash", "--label", "web-app", stdin=secret + "\n")
     assert r.returncode == 0, r.stderr
     line = r.stdout.strip()
-    assert line.startswith("- {label: web-app, sha256: \"") and secret not in line
+    assert line.startswith("- {label: \"web-app\", sha256: \"") and secret not in line
     assert (await cli("keys", "hash", secret, "--label", "web-app")).stdout.strip() == line
     config = routes(None, keys=[]).replace("keys: []", "keys:\n" + line)
+    odd = (await cli("keys", "hash", secret, "--label", "a, b: {c}")).stdout.strip()   # YAML-quoted
+    assert yaml.safe_load(odd) == [{"label": "a, b: {c}", "sha256": hashlib.sha256(secret.encode()).hexdigest()}]
     gw = await make_gateway(config)
     assert await works(gw.client(secret))
     assert await refused(gw.client(secret + "x")) == "invalid_api_key"
@@ -150,3 +154,58 @@ async def test_usage_before_any_request(tmp_path):
     config.write_text(f"server: {{data_dir: {tmp_path / 'empty'}}}\n" + routes(None))
     r = await cli("usage", "--config", str(config))
     assert r.returncode == 0 and "no ledger yet" in r.stdout
+
+
+def refused_in_one_line(r: subprocess.CompletedProcess, *words: str) -> None:
+    """Non-zero exit, nothing on stdout, one `modelway: ...` line on stderr holding the words."""
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    assert r.stderr.startswith("modelway: ") and r.stderr.count("\n") == 1, r.stderr
+    assert all(w in r.stderr for w in words), r.stderr
+
+
+async def test_keys_create_and_update_refuse_what_the_http_api_refuses(served):
+    config = ("--config", served.config_path)
+    bad = ((("--daily-limit", "nan"), "daily_limit", "number from 0"),
+           (("--daily-limit", "inf"), "daily_limit", "number from 0"),
+           (("--daily-limit", "-5"), "daily_limit", "number from 0"),
+           (("--balance", "inf"), "balance", "number from 0"), (("--balance", "-1"), "balance", "number from 0"),
+           (("--minute-limit", "-5"), "minute_limit", "integer from 1"),
+           (("--max-concurrent", "0"), "max_concurrent", "integer from 1"),
+           (("--expires-at", "-1"), "expires_at", "unix seconds"),
+           (("--expires-at", "1e300"), "expires_at", "unix seconds"),
+           (("--label", "a\nb"), "label", "control characters"), (("--label", ""), "label", "non-empty"))
+    results = await asyncio.gather(*(cli("keys", "create", "--label", "x", *args, *config) for args, *_ in bad))
+    for r, (args, *words) in zip(results, bad):
+        refused_in_one_line(r, *words)
+    refused_in_one_line(await cli("keys", "create", "--daily-limit", "5", *config), "label")
+    assert "no managed keys" in (await cli("keys", "list", *config)).stdout
+
+    key_id = orjson.loads((await cli("keys", "create", "--label", "x", "--daily-limit", "5", *config)).stdout)["id"]
+    refused_in_one_line(await cli("keys", "update", key_id, "--daily-limit", "nan", *config), "daily_limit")
+    refused_in_one_line(await cli("keys", "update", key_id, "--label", "", *config), "label")
+    unchanged = orjson.loads((await cli("keys", "update", key_id, *config)).stdout)
+    assert (unchanged["label"], unchanged["daily_limit"]) == ("x", 5.0)
+
+
+async def test_keys_hash_refuses_an_empty_secret():
+    for args, stdin in (((), ""), ((), "   \n"), (("",), ""), (("  ",), "")):
+        refused_in_one_line(await cli("keys", "hash", *args, stdin=stdin), "empty")
+
+
+async def test_usage_refuses_a_bad_since_or_until_in_one_line(served):
+    for option, value in (("--since", "garbage"), ("--until", "garbage"), ("--since", "2026-13-45"),
+                          ("--since", "nan")):
+        refused_in_one_line(await cli("usage", option, value, "--config", served.config_path), option[2:])
+
+
+async def test_usage_json_costs_are_rounded_to_1e_10(served, tmp_path):
+    costs = []
+    for text in ("", "hello hello hello "):         # 1e-05 and 2e-05 USD on mock-echo
+        c = await served.client(APP).chat.completions.create(model="mock-echo", messages=[
+            {"role": "user", "content": text}])
+        costs.append(c.usage.cost)
+    assert sum(costs) == 3.0000000000000004e-05
+    await wait_ledger(tmp_path / "var", 2)
+    r = await cli("usage", "--by", "key", "--format", "json", "--config", served.config_path)
+    assert r.returncode == 0, r.stderr
+    assert [(row["key_id"], row["cost"]) for row in orjson.loads(r.stdout)] == [("static:app", 3e-05)]

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from tests.middlewares.helpers import (APP, OPS, assert_envelope, assert_sdk_error, call, eventually,
-                                       routes)
+                                       routes, wait_ledger)
 
 KEYS = "/v1/account/keys"
 HI = [{"role": "user", "content": "hi"}]
@@ -188,3 +188,83 @@ async def test_bad_key_fields_are_400_naming_the_field(gw, http):
                         param=param)
     assert_envelope(await call(http, "POST", gw.url + KEYS, OPS, b"{nope"), 400, "invalid_request_error")
     assert (await call(http, "GET", gw.url + KEYS, OPS))[2]["data"] == []
+
+
+# (field, value, part of the message saying what is allowed): each refused by POST and PATCH
+OUT_OF_RANGE = (
+    ("minute_limit", -5, "integer from 1"), ("minute_limit", 0, "integer from 1"),
+    ("minute_limit", 1.5, "integer from 1"), ("minute_limit", 2**63, "integer from 1"),
+    ("max_concurrent", 0, "integer from 1"), ("max_concurrent", -1, "integer from 1"),
+    ("daily_limit", -0.01, "number from 0"), ("daily_limit", 1e300, "number from 0"),
+    ("balance", -1, "number from 0"), ("balance", True, "number from 0"),
+    ("expires_at", -1, "unix seconds"), ("expires_at", 0, "unix seconds"), ("expires_at", 1e300, "unix seconds"),
+    ("expires_at", "nan", "unix seconds"), ("expires_at", "1e999", "unix seconds"),
+    ("expires_at", "99999999d", "unix seconds"), ("expires_at", "2026-13-45", "unix seconds"),
+    ("label", "", "non-empty string"), ("label", "   ", "non-empty string"),
+    ("label", "a\nb", "control characters"), ("label", "tab\there", "control characters"),
+    ("label", "x" * 257, "at most 256"), ("label", 5, "non-empty string"),
+    ("disabled", None, "true or false"),
+)
+
+
+async def test_out_of_range_key_fields_are_400_saying_what_is_allowed(gw, http):
+    for name, value, allowed in OUT_OF_RANGE:
+        err = assert_envelope(await call(http, "POST", gw.url + KEYS, OPS, {"label": "batch", name: value}), 400,
+                              "invalid_request_error", param=name)
+        assert name in err["message"] and allowed in err["message"], (name, value, err)
+    assert (await call(http, "GET", gw.url + KEYS, OPS))[2]["data"] == []    # nothing stored
+
+
+async def test_patch_refuses_what_post_refuses_and_leaves_the_key_as_it_was(gw, http):
+    secret, record = await create(gw, http, minute_limit=60, daily_limit=5, balance=20)
+    url = gw.url + f"{KEYS}/{record['id']}"
+    for name, value, allowed in OUT_OF_RANGE + (("label", None, "non-empty string"),):
+        err = assert_envelope(await call(http, "PATCH", url, OPS, {name: value}), 400, "invalid_request_error",
+                              param=name)
+        assert allowed in err["message"], (name, value, err)
+    status, _, body = await call(http, "GET", url, OPS)
+    assert status == 200 and {k: body["data"][k] for k in ("label", "minute_limit", "daily_limit", "balance",
+                                                          "updated_at")} == \
+        {"label": "batch", "minute_limit": 60, "daily_limit": 5.0, "balance": 20.0,
+         "updated_at": record["updated_at"]}
+    r = await gw.client(secret).chat.completions.with_raw_response.create(model="mock-echo", messages=HI)
+    assert r.headers["X-RateLimit-Limit-Minute"] == "60"
+
+
+async def test_the_edges_of_the_ranges_are_accepted_and_null_clears_a_limit(gw, http):
+    secret, record = await create(gw, http, label="é" * 256, minute_limit=1, max_concurrent=1, daily_limit=0,
+                                  balance=0, expires_at=253402300799)
+    assert (record["label"], record["minute_limit"], record["daily_limit"], record["balance"]) == \
+        ("é" * 256, 1, 0.0, 0.0)
+    limits = ("allowed_models", "minute_limit", "daily_limit", "balance", "max_concurrent", "expires_at")
+    status, _, body = await call(http, "PATCH", gw.url + f"{KEYS}/{record['id']}", OPS,
+                                 {name: None for name in limits})
+    assert status == 200 and [body["data"][name] for name in limits] == [None] * len(limits)
+    assert (await gw.client(secret).chat.completions.create(model="mock-echo", messages=HI)).choices
+
+
+async def test_usd_amounts_are_shown_rounded_to_1e_10(make_gateway, http, data_dir):
+    gw = await make_gateway(routes(None))          # mock-echo: $1 / $2 per 1M prompt / completion tokens
+    secret, record = await create(gw, http, balance=0.01, daily_limit=1)
+    costs = []
+    for text in ("", "hello hello hello "):
+        c = await gw.client(secret).chat.completions.create(model="mock-echo", messages=[
+            {"role": "user", "content": text}])
+        costs.append(c.usage.cost)
+    assert costs == [1e-05, 2e-05] and sum(costs) == 3.0000000000000004e-05     # float noise, unrounded
+    await wait_ledger(data_dir, 2)
+    url = gw.url + f"{KEYS}/{record['id']}"
+
+    async def charged():
+        body = (await call(http, "GET", url, OPS))[2]["data"]
+        return body if body["balance"] != 0.01 else None
+    shown = await eventually(charged, what="the balance charged")
+    assert (shown["usage_today"], shown["balance"]) == (3e-05, 0.00997)
+    assert (await call(http, "GET", gw.url + KEYS, OPS))[2]["data"][0]["balance"] == 0.00997
+    own = (await call(http, "GET", gw.url + "/v1/account/balance", secret))[2]["data"]
+    assert (own["total_spent"], own["spent_today"], own["balance"], own["remaining_today"]) == \
+        (3e-05, 3e-05, 0.00997, 0.99997)
+    managed = (await call(http, "GET", gw.url + f"/v1/account/balance?key_id={record['id']}", OPS))[2]["data"]
+    assert (managed["total_spent"], managed["balance"]) == (3e-05, 0.00997)
+    [day] = (await call(http, "GET", gw.url + "/v1/account/analytics?group_by=day", secret))[2]["data"]
+    assert day["cost"] == 3e-05
