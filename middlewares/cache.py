@@ -4,7 +4,7 @@ and route resolution, scoped per API key unless shared. diskcache calls run in a
 Per request: `Cache-Control: no-cache` (skip lookup, still store) / `no-store` (neither), or
 a body field `cache: {"no-cache": bool, "no-store": bool, "ttl": seconds}`. A hit answers
 `x-cache: HIT` with cost 0 (streamed requests get the answer replayed as SSE); every other
-chat answer says `x-cache: MISS` (stored once complete when caching is on and allowed). Errors, truncated (`length`) and cancelled
+chat or messages answer says `x-cache: MISS` (stored once complete when caching is on and allowed). Errors, truncated (`length`) and cancelled
 answers are never stored.
 """
 from __future__ import annotations
@@ -28,6 +28,9 @@ IGNORED = frozenset(("stream", "stream_options", "cache", "preset", "model", "us
                      "service_tier", "models"))
 FINISHED = ("stop", "tool_calls")   # a complete answer; "length" and the rest are not stored
 ROUTE_MEMO = 1024
+# /v1/messages requests reach the chain translated to chat completions, and their replies are
+# translated back after it: one cache serves both (a hit is replayed in the caller's format)
+CACHED_ENDPOINTS = frozenset(("chat", "messages"))
 X_CACHE = istr("x-cache")   # istr: aiohttp takes it without working out its case-insensitive form
 
 
@@ -42,7 +45,7 @@ class Cache(Middleware):
 
     async def handle(self, ctx, call_next):
         body = ctx.body
-        if ctx.endpoint != "chat" or body is None:
+        if body is None or ctx.endpoint not in CACHED_ENDPOINTS:
             return await call_next(ctx)
         match = resolve_route(ctx)
         name = (match.public_model, match.reasoning_effort)

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from tests.middlewares.helpers import (APP, CHAT, OTHER, assert_envelope, call, chat_body, eventually, routes,
-                                       row_for)
+                                       row_for, wait_ledger)
 
 HI = [{"role": "user", "content": "hi"}]
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -349,3 +349,25 @@ async def test_a_batch_of_entries_is_written_as_diskcache_rows(make_gateway, dat
             answer = orjson.loads(value)["completion"]["choices"][0]["message"]["content"]
             seen[answer] = round(expires - now, -1)
     assert seen == {ask: float(ttl) for ask, ttl in ttls.items()}
+
+
+async def test_anthropic_messages_are_cached_and_replayed_in_their_own_format(make_gateway, data_dir):
+    """/v1/messages goes through the same cache: a repeat is a HIT with no cost, plain or
+    streamed, answered in Anthropic's format."""
+    import anthropic
+    gw = await make_gateway(routes(None, cache={"enabled": True}))
+    client = anthropic.AsyncAnthropic(base_url=gw.url, api_key=APP, max_retries=0)
+    ask = {"model": "mock-echo", "max_tokens": 64, "messages": [{"role": "user", "content": "cache me"}]}
+    first = await client.messages.with_raw_response.create(**ask)
+    second = await client.messages.with_raw_response.create(**ask)
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
+    one, two = await first.parse(), await second.parse()
+    assert two.type == "message" and two.content[0].text == one.content[0].text == "cache me"
+    assert two.usage.output_tokens == one.usage.output_tokens
+    async with client.messages.stream(**ask) as stream:
+        text = "".join([t async for t in stream.text_stream])
+        final = await stream.get_final_message()
+    assert text == "cache me" and final.stop_reason == one.stop_reason
+    rows = await wait_ledger(data_dir, 3)
+    assert [(r["endpoint"], r["cache_hit"], r["cost"] > 0) for r in rows] == [
+        ("messages", 0, True), ("messages", 1, False), ("messages", 1, False)]
