@@ -50,8 +50,8 @@ class Gateway:
         self.state: State | None = None
         self.data_dir = os.path.abspath(config.server.data_dir)
         self.draining = False
-        self.cutting = False                    # the drain deadline is passing: end open streams
-        self.streams: set[asyncio.Task] = set()  # handler tasks writing a stream right now
+        self.cutting = False                    # the drain deadline is passing: end what is open
+        self.requests: set[asyncio.Task] = set()  # handler tasks of the API requests in flight
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task] = set()  # closing retired tables after a reload
         self._spend_flusher: asyncio.Task | None = None
@@ -152,11 +152,12 @@ class Gateway:
             await asyncio.sleep(SPEND_FLUSH_SECONDS)
             self.counters.flush_spend()
 
-    def cut_streams(self) -> None:
-        """At the drain deadline: make every open stream end with an error event and [DONE]
-        (the writer sees the cancellation and finishes the response cleanly)."""
+    def cut_requests(self) -> None:
+        """At the drain deadline: every API request still in flight ends cleanly, a stream with
+        an error event and [DONE], a request not yet answered with a 503 server_shutting_down
+        (its handler sees the cancellation and writes that), never a dropped connection."""
         self.cutting = True
-        for task in list(self.streams):
+        for task in list(self.requests):
             task.cancel()
 
     async def close(self) -> None:

@@ -121,8 +121,10 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
 async def run(request: web.Request, ctx: RequestContext, prepare, adapt=None) -> web.StreamResponse:
     """Run one API request through the chain and write its reply; finishers see every outcome."""
-    state = ctx.state
+    state, gateway = ctx.state, ctx.gateway
     state.inflight += 1
+    task = asyncio.current_task()
+    gateway.requests.add(task)
     try:
         early, hooks, handler = state.endpoints[ctx.endpoint]
         for hook in early:          # auth: a bad key is a 401 whatever the body
@@ -140,6 +142,10 @@ async def run(request: web.Request, ctx: RequestContext, prepare, adapt=None) ->
     except GatewayError as err:
         return error_response(ctx, err)
     except asyncio.CancelledError:
+        if gateway.cutting:     # the drain deadline came before this request's answer started
+            task.uncancel()
+            return error_response(ctx, Unavailable("The gateway is shutting down; the request was cut at the "
+                                                   "drain deadline.", code="server_shutting_down"))
         ctx.status, ctx.error_type, ctx.partial = 499, "client_disconnected", True
         raise
     except Exception:
@@ -147,6 +153,7 @@ async def run(request: web.Request, ctx: RequestContext, prepare, adapt=None) ->
         return error_response(ctx, GatewayError("The gateway hit an internal error; the request id "
                                                 "identifies it in the logs."))
     finally:
+        gateway.requests.discard(task)
         state.inflight -= 1
         if ctx.usage.known and not ctx.cost:
             ctx.finalize_cost()
@@ -175,9 +182,6 @@ async def write_stream(request: web.Request, ctx: RequestContext, reply: StreamR
     resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, REQUEST_ID: ctx.request_id,
                                                    **ctx.response_headers, **reply.headers})
     ctx.status = 200
-    streams = ctx.gateway.streams
-    task = asyncio.current_task()
-    streams.add(task)
     try:
         await resp.prepare(request)
         async for event in events:
@@ -188,10 +192,12 @@ async def write_stream(request: web.Request, ctx: RequestContext, reply: StreamR
     except ConnectionError:          # the client went away
         ctx.status, ctx.error_type, ctx.partial = 499, "client_disconnected", True
     except asyncio.CancelledError:
-        if not (ctx.gateway.cutting and resp.prepared):
+        if not ctx.gateway.cutting:
             ctx.status, ctx.error_type, ctx.partial = 499, "client_disconnected", True
             raise
-        task.uncancel()    # cut at the drain deadline: end the stream cleanly
+        if not resp.prepared:
+            raise          # nothing sent yet: run() answers 503
+        asyncio.current_task().uncancel()    # cut at the drain deadline: end the stream cleanly
         err = Unavailable("The gateway is shutting down; the stream was cut at the drain deadline.",
                           code="server_shutting_down")
         ctx.status, ctx.error_type, ctx.error_code, ctx.partial = err.status, err.type, err.code, True
@@ -206,7 +212,6 @@ async def write_stream(request: web.Request, ctx: RequestContext, reply: StreamR
         else:
             raise err
     finally:
-        streams.discard(task)
         aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()

@@ -101,7 +101,7 @@ async def serve(config: Config, config_path: str | None, host: str, port: int, r
     if watcher:
         watcher.cancel()
     drain = config.server.drain_seconds
-    cut = loop.call_later(drain - min(1.0, drain * 0.2), gateway.cut_streams)   # just before aiohttp gives up
+    cut = loop.call_later(drain - min(1.0, drain * 0.2), gateway.cut_requests)   # just before aiohttp gives up
     await runner.cleanup()   # stops listening, waits for in-flight requests (shutdown_timeout), closes
     cut.cancel()
     logs.flush_access()

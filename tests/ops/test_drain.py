@@ -16,8 +16,10 @@ server: {{data_dir: ./var, drain_seconds: {drain}}}
 middlewares: [access_log, accounting]
 providers:
   slow: {{type: mock, options: {{chunks: 10, chunk_delay_ms: {delay}}}}}
+  late: {{type: mock, options: {{latency_ms: 5000}}}}
 models:
   streamy: {{targets: [{{provider: slow}}]}}
+  tardy: {{targets: [{{provider: late}}]}}
 """
 TEXT = "one two three four five six seven eight nine ten"
 
@@ -81,4 +83,28 @@ async def test_streams_outliving_drain_seconds_get_an_error_event_and_a_row(star
     rows = ledger_rows(tmp_path / "var")
     assert len(rows) == n
     assert all((r["status"], r["partial"]) == (503, 1) for r in rows), rows
+    server.close()
+
+
+async def test_requests_not_answered_by_the_drain_deadline_get_a_503_not_a_dropped_connection(start_server,
+                                                                                            tmp_path):
+    """A request still waiting for its upstream at the deadline (plain, or a stream whose first
+    byte has not come) is answered 503 server_shutting_down in the error envelope, and its
+    ledger row says so, not that the client went away."""
+    server = await start_server(CONFIG.format(drain=1, delay=100))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True)) as session:
+        async def ask(stream: bool):
+            body = {"model": "tardy", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+            async with session.post(server.url + CHAT, json=body) as resp:
+                return resp.status, await resp.json()
+        asks = [asyncio.ensure_future(ask(stream)) for stream in (False, True)]
+        await asyncio.sleep(0.5)             # both are in, waiting for the mock's 5 s
+        server.proc.send_signal(signal.SIGTERM)
+        answers = await asyncio.wait_for(asyncio.gather(*asks), 10)
+    for status, body in answers:
+        assert status == 503 and body["error"]["code"] == "server_shutting_down", body
+    assert await wait_exit(server, 10) == 0
+    rows = ledger_rows(tmp_path / "var")
+    assert sorted((r["status"], r["error_type"], r["partial"], r["stream"]) for r in rows) == [
+        (503, "api_error", 0, 0), (503, "api_error", 0, 1)]
     server.close()
