@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from itertools import chain
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -124,6 +124,21 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def grouped(keys: list, values: Iterable) -> dict[Any, list]:
+    """{key: [the values with that key, in order]}, keys in first-seen order. A batch whose keys
+    are all equal (the usual one) is grouped without a Python loop."""
+    if len(set(keys)) == 1:
+        return {keys[0]: list(values)}
+    out: dict[Any, list] = {}
+    for key, value in zip(keys, values):
+        group = out.get(key)
+        if group is None:
+            out[key] = [value]
+        else:
+            group.append(value)
+    return out
 
 
 STATEMENT_SIZES = (32, 16, 8, 4, 2, 1)   # rows per INSERT: each size is one statement text

@@ -35,7 +35,7 @@ from typing import Any, Callable
 import structlog
 
 from proxy.store.db import (LEDGER_COLUMNS, NONE_NUMBER, NONE_TEXT, bump_version, connect, Database,
-                             fetch_dicts, insert_rows, stop_task, transaction)
+                             fetch_dicts, grouped, insert_rows, stop_task, transaction)
 
 log = structlog.get_logger(__name__)
 
@@ -159,14 +159,7 @@ def write_batch(conn: sqlite3.Connection, rows: list[tuple]) -> None:
 
 
 def _insert(conn: sqlite3.Connection, rows: list[tuple]) -> None:
-    groups: dict[tuple, list[tuple]] = {}
-    for row in rows:
-        shared = _shared_values(row)
-        group = groups.get(shared)
-        if group is None:
-            groups[shared] = [_own_values(row)]
-        else:
-            group.append(_own_values(row))
+    groups = grouped(list(map(_shared_values, rows)), map(_own_values, rows))
     with transaction(conn):
         # the write lock is held: this batch's rows get the ids after `last`
         last = conn.execute("SELECT coalesce(max(id), 0) FROM ledger").fetchone()[0]

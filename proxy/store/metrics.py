@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 import structlog
 
-from proxy.store.db import LEDGER_COLUMNS, NONE_NUMBER, stop_task
+from proxy.store.db import LEDGER_COLUMNS, NONE_NUMBER, grouped, stop_task
 
 log = structlog.get_logger(__name__)
 
@@ -117,18 +117,7 @@ class Metrics:
         list per group, which snapshot() folds into the exported series, and into the
         histograms. Per row this is a few C calls, not a dozen Python statements."""
         rows, self._rows = self._rows, []
-        keys = list(map(_LABELS, rows))
-        if len(set(keys)) == 1:      # the usual batch: one model, provider and status
-            groups = {keys[0]: rows}
-        else:
-            groups = {}
-            for labels, row in zip(keys, rows):
-                group = groups.get(labels)
-                if group is None:
-                    groups[labels] = [row]
-                else:
-                    group.append(row)
-        for (model, provider, status), group in groups.items():
+        for (model, provider, status), group in grouped(list(map(_LABELS, rows)), rows).items():
             # a request refused before it was routed (no key, a limit, an unknown model) counts
             # under model="": its model name is the client's, and a label must not be
             model, provider = (model or "", provider) if provider else ("", "")
