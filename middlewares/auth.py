@@ -91,8 +91,8 @@ class Auth(Middleware):
         if not bearer:
             secret = request.headers.get("x-api-key") or None
         if secret is None:
-            raise AuthenticationError("Missing API key. Send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
-                                      code="missing_api_key")
+            raise AuthenticationError("Missing API key. Send it as 'Authorization: Bearer <key>' or "
+                                      "'x-api-key: <key>'.", code="missing_api_key")
         if len(self.digests) >= DIGEST_MEMO or len(self.bearers) >= DIGEST_MEMO:   # a scan? start over
             self.digests.clear()
             self.bearers.clear()

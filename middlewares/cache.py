@@ -4,8 +4,8 @@ and route resolution, scoped per API key unless shared. diskcache calls run in a
 Per request: `Cache-Control: no-cache` (skip lookup, still store) / `no-store` (neither), or
 a body field `cache: {"no-cache": bool, "no-store": bool, "ttl": seconds}`. A hit answers
 `x-cache: HIT` with cost 0 (streamed requests get the answer replayed as SSE); every other
-chat or messages answer says `x-cache: MISS` (stored once complete when caching is on and allowed). Errors, truncated (`length`) and cancelled
-answers are never stored.
+chat or messages answer says `x-cache: MISS` (stored once complete when caching is on and
+allowed). Errors, truncated (`length`) and cancelled answers are never stored.
 """
 from __future__ import annotations
 
