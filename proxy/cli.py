@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from importlib import metadata
 
 from proxy.config import ConfigError, load_config
 
@@ -71,7 +72,8 @@ def cmd_routes(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelway", description="Self-hosted LLM gateway")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"modelway {_version()}")
+    sub = parser.add_subparsers(dest="command")
 
     def with_config(p):
         p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="path to routes.yaml")
@@ -97,8 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return metadata.version("modelway")
+    except metadata.PackageNotFoundError:   # run from a source tree that was never installed
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:       # a bare `modelway`: its help, as a newcomer expects
+        parser.print_help()
+        return 0
     return args.func(args) or 0
 
 

@@ -17,6 +17,11 @@ def _data_dir(args) -> str:
     return os.path.abspath(_load_or_exit(args.config).server.data_dir)
 
 
+def _auth_off(args) -> bool:
+    from proxy.cli import _load_or_exit
+    return _load_or_exit(args.config).auth_mode == "none"
+
+
 def _store(args):
     from proxy.store.db import Database
     from proxy.store.keys import KeyStore
@@ -67,6 +72,9 @@ def cmd_keys(args) -> int:
             record, secret = store.create(**fields)
             _print({**record, "key": secret})
             print("Store this key now: it is not shown again.", file=sys.stderr)
+            if _auth_off(args):
+                print(f"warning: auth is off in {args.config} (auth: {{mode: none}}): keys are not "
+                      "enforced until it is removed.", file=sys.stderr)
         elif args.keys_command == "list":
             rows = store.list()
             for r in rows:

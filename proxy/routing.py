@@ -61,8 +61,16 @@ def split_thinking(model: str) -> tuple[str, str | None]:
                          tip="Use ':thinking', ':thinking:low', ':thinking:medium' or ':thinking:high'.")
 
 
+def sendable_names(name: str, table: RouteTable) -> list[str]:
+    """Names a client could send: the exact routes, and for each wildcard route its prefix with
+    the rest of `name` after its first '/' (`opnai/gpt-4o` -> `openai/gpt-4o`), never a pattern."""
+    _, slash, rest = name.partition("/")
+    wild = [prefix + (rest if slash else name) for prefix, _ in table.wildcards]
+    return list(table.exact) + [w for w in wild if not w.endswith("/")]
+
+
 def closest_tip(name: str, table: RouteTable, allows: Callable[[str], bool] | None = None) -> str:
-    names = [n for n in table.names() if allows is None or allows(n)]
+    names = [n for n in sendable_names(name, table) if allows is None or allows(n)]
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
     if not close:
         lowered = name.lower()

@@ -133,3 +133,27 @@ def test_routes_shows_a_set_key_without_printing_it(cli):
     assert rows["gpt-4o-mini"]["status"] == "key set (OPENAI_API_KEY)"
     assert rows["gpt-4o-mini"]["provider"] == "openai" and rows["gpt-4o-mini"]["input_per_1m"] == 0.15
     assert rows["mock-echo"]["type"] == "mock"
+
+
+def test_version_flag_prints_the_installed_version():
+    from importlib.metadata import version
+    r = modelway("--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"modelway {version('modelway')}"
+
+
+def test_bare_modelway_prints_its_help_not_an_error():
+    r = modelway()
+    assert r.returncode == 0, r.stderr
+    assert "usage: modelway" in r.stdout
+    for command in ("serve", "check", "routes", "keys", "usage"):
+        assert command in r.stdout
+
+
+def test_keys_create_warns_when_auth_is_off(cli, tmp_path):
+    path = tmp_path / "routes.yaml"
+    path.write_text(BUNDLED.read_text().replace("data_dir: ./var", f"data_dir: {tmp_path / 'var'}"))
+    assert "auth: {mode: none}" in path.read_text(), "the bundled routes.yaml no longer turns auth off"
+    code, out, err = cli("keys", "create", "--label", "x", "--config", str(path))
+    assert code == 0, err
+    assert "auth is off" in err and "not enforced" in err

@@ -95,3 +95,10 @@ models:
         resolve("openai/", t)
     with pytest.raises(InvalidRequest):
         resolve("openai/gpt-4o:thinking:max", t)
+
+
+async def test_tip_never_proposes_a_wildcard_pattern_only_names_a_client_can_send(gw, http, fake_openai):
+    got = await post_json(http, gw.url + "/v1/chat/completions", chat_body("opnai/gpt-4o"))
+    err = assert_envelope(got, 404, "invalid_request_error", code="model_not_found", param="model")
+    assert "*" not in err["tip"], err["tip"]
+    assert "'openai/gpt-4o'" in err["tip"]     # the wildcard route's prefix with the rest of the name
