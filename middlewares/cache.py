@@ -30,7 +30,7 @@ FINISHED = ("stop", "tool_calls")   # a complete answer; "length" and the rest a
 ROUTE_MEMO = 1024
 # /v1/messages requests reach the chain translated to chat completions, and their replies are
 # translated back after it: one cache serves both (a hit is replayed in the caller's format)
-CACHED_ENDPOINTS = frozenset(("chat", "messages"))
+CACHED_ENDPOINTS = frozenset(("chat", "messages", "responses"))
 X_CACHE = istr("x-cache")   # istr: aiohttp takes it without working out its case-insensitive form
 
 

@@ -11,6 +11,7 @@ from proxy import handlers
 from proxy.errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from proxy.gateway import Gateway
 from proxy.handlers import GATEWAY, new_context, request_id, run
+from proxy.responses import endpoint as responses_endpoint
 
 log = structlog.get_logger("modelway")
 
@@ -56,6 +57,14 @@ async def account(request: web.Request) -> web.StreamResponse:
     return await run(request, ctx, None)
 
 
+async def responses(request: web.Request) -> web.StreamResponse:
+    return await run(request, new_context(request, "responses"), responses_endpoint.prepare)
+
+
+async def stored_responses(request: web.Request) -> web.StreamResponse:
+    return await run(request, new_context(request, "stored_responses"), None)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -91,6 +100,10 @@ def create_app(gateway: Gateway) -> web.Application:
     r.add_post("/v1/chat/completions", handlers.chat_completions)
     r.add_post("/v1/embeddings", handlers.embeddings)
     r.add_post("/v1/messages", handlers.messages)
+    r.add_post("/v1/responses", responses)
+    r.add_route("GET", "/v1/responses/{response_id}", stored_responses)
+    r.add_route("DELETE", "/v1/responses/{response_id}", stored_responses)
+    r.add_get("/v1/responses/{response_id}/input_items", stored_responses)
     r.add_get("/v1/models", models)
     r.add_get("/v1/models/{model_id:.+}", models)
     for path in ("/v1/account/balance", "/v1/account/activity", "/v1/account/analytics"):

@@ -149,6 +149,11 @@ class CacheConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponsesConfig:
+    retention_days: float = 30.0          # stored responses (POST /v1/responses, store: true)
+
+
+@dataclass(frozen=True, slots=True)
 class MiddlewareSpec:
     name: str
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
@@ -168,6 +173,7 @@ class Config:
     cache: CacheConfig
     auth_mode: str = "keys"
     warnings: tuple[str, ...] = ()
+    responses: ResponsesConfig = ResponsesConfig()
 
 
 # --- reading --------------------------------------------------------------------------

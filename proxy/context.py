@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from proxy.gateway import Gateway, State
 
 
-INFERENCE_ENDPOINTS = frozenset(("chat", "messages", "embeddings"))   # metered and rate limited
+INFERENCE_ENDPOINTS = frozenset(("chat", "messages", "embeddings", "responses"))   # metered and rate limited
 
 
 def round_ms(ms: float, per: int) -> float:

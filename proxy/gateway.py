@@ -67,6 +67,7 @@ class Gateway:
         from proxy.dispatch import dispatch
         from proxy.account import account_endpoint
         from proxy.models import list_models_endpoint
+        from proxy.responses import endpoint as responses
         providers: dict[str, Provider] = {}
         disabled: dict[str, str] = {}
         started: list[Provider] = []
@@ -90,7 +91,8 @@ class Gateway:
             raise
         endpoints = {"chat": chain.wrap(dispatch), "embeddings": chain.wrap(dispatch),
                      "messages": chain.wrap(dispatch), "models": chain.wrap(list_models_endpoint),
-                     "account": chain.wrap(account_endpoint)}
+                     "account": chain.wrap(account_endpoint), "responses": responses.wrap(chain.wrap(dispatch)),
+                     "stored_responses": chain.wrap(responses.stored)}
         health = old.health if old else Health()
         return State(config, RouteTable.build(config.models), providers, disabled, chain, endpoints, health)
 
@@ -134,14 +136,17 @@ class Gateway:
         from proxy.store.keys import KeyStore
         from proxy.store.ledger import LedgerWriter
         from proxy.store.metrics import Metrics
+        from proxy.store.responses import SQLiteResponses
         self.db = Database(self.data_dir)
         self.ledger = LedgerWriter(self.db)
         self.keys = KeyStore(self.db)
+        self.responses = SQLiteResponses(self.db)
         self.counters = SharedCounters.in_dir(self.data_dir)
         self.metrics = Metrics(self.data_dir)
         self.response_cache = ResponseCache(os.path.join(self.data_dir, "cache"), self.config.cache.size_limit_mb)
         await self.ledger.start()
         await self.keys.start()
+        await self.responses.start()
         await self.metrics.start()
         self._spend_flusher = asyncio.ensure_future(self._flush_spend())
 
