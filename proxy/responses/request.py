@@ -99,6 +99,9 @@ def input_items(value: Any) -> list[dict]:
             raise InvalidRequest(f"'input[{i}]' must be an object.", param=f"input[{i}]", code="invalid_type")
         if "type" not in item and "role" in item:
             item = {"type": "message", **item}
+        if item.get("type") == "message" and isinstance(item.get("content"), str):   # stored as OpenAI lists it
+            part = "output_text" if item.get("role") == "assistant" else "input_text"
+            item = {**item, "content": [{"type": part, "text": item["content"]}]}
         out.append(item)
     return out
 
