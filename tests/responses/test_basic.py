@@ -53,3 +53,45 @@ async def test_ledger_row_says_responses(gw, http):
     row = await ledger_row(gw, rid)
     assert row["endpoint"] == "responses" and row["status"] == 200 and row["model"] == "mock-echo"
     assert row["key_label"] == "a" and row["completion_tokens"] > 0
+
+
+async def test_every_streamed_event_matches_the_sdk_types(gw, http):
+    """Strict validation of the wire events (the SDK itself parses leniently), with reasoning."""
+    from pydantic import TypeAdapter
+    from openai.types.responses import ResponseStreamEvent
+    from tests.responses.conftest import KEY_A
+    adapter = TypeAdapter(ResponseStreamEvent)
+    body = {"model": "claude", "input": "What's the weather in Oslo? Use the tool.", "stream": True,
+            "tools": [WEATHER], "reasoning": {"effort": "low"}}
+    async with http.post(gw.url + "/v1/responses", json=body, headers={"Authorization": f"Bearer {KEY_A}"}) as resp:
+        raw = await resp.read()
+    blocks = [b for b in raw.split(b"\n\n") if b]
+    kinds = []
+    for block in blocks:
+        name, data = block.split(b"\n")
+        event = orjson.loads(data[6:])
+        assert name == b"event: " + event["type"].encode()
+        adapter.validate_python(event, strict=False)
+        kinds.append(event["type"])
+    squeezed = [k for i, k in enumerate(kinds) if i == 0 or k != kinds[i - 1] or not k.endswith(".delta")]
+    assert squeezed == [
+        "response.created", "response.in_progress",
+        "response.output_item.added", "response.reasoning_summary_part.added", "response.reasoning_summary_text.delta",
+        "response.reasoning_summary_text.done", "response.reasoning_summary_part.done", "response.output_item.done",
+        "response.output_item.added", "response.content_part.added", "response.output_text.delta",
+        "response.output_text.done", "response.content_part.done", "response.output_item.done",
+        "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.done", "response.output_item.done", "response.completed"]
+
+
+async def test_cache_hit_through_responses(make_gateway, tmp_path):
+    gw = await make_gateway("""
+middlewares: [cache, accounting]
+providers: {mock: {type: mock}}
+models: {mock-echo: {targets: [{provider: mock}], cache: true}}
+""")
+    async with gw.client() as c:
+        first = await c.responses.with_raw_response.create(model="mock-echo", input="cache me")
+        second = await c.responses.with_raw_response.create(model="mock-echo", input="cache me")
+    assert first.headers["x-cache"] == "MISS" and second.headers["x-cache"] == "HIT"
+    assert second.parse().output_text == "cache me" and second.parse().usage.model_extra["cost"] == 0
