@@ -8,7 +8,8 @@ fills status, output and usage.
                                            reasoning text; encrypted_content = the details
                                            (signatures), encoded (request.encode_reasoning)
     content / refusal                    -> `message` item, `output_text` / `refusal` part
-    tool_calls                           -> one `function_call` item each (namespace split back)
+    tool_calls                           -> one `function_call` item each (namespace split back), or
+                                           `custom_tool_call` (input = the `input` argument)
     finish_reason length / content_filter -> status incomplete, incomplete_details.reason
                                            max_output_tokens / content_filter; else completed
     usage                                -> input_tokens (= prompt_tokens, cached included),
@@ -22,7 +23,9 @@ import secrets
 import time
 from typing import Any
 
-from proxy.responses.request import encode_reasoning
+import orjson
+
+from proxy.responses.items import encode_reasoning
 
 __all__ = ["new_id", "shell", "output_items", "finish", "usage", "status_of", "merge_details", "public"]
 
@@ -93,12 +96,25 @@ def message_item(item_id: str, text: str | None, refusal: str | None = None, sta
 
 def call_item(item_id: str, call_id: str, name: str, arguments: str, names: dict,
               status: str = "completed") -> dict:
-    namespace, plain = names.get(name, (None, name))
-    item = {"id": item_id, "type": "function_call", "status": status, "call_id": call_id, "name": plain,
-            "arguments": arguments}
+    namespace, plain, kind = names.get(name, (None, name, "function"))
+    if kind == "custom":
+        item = {"id": item_id.replace("fc_", "ctc_", 1), "type": "custom_tool_call", "status": status,
+                "call_id": call_id, "name": plain, "input": custom_input(arguments)}
+    else:
+        item = {"id": item_id, "type": "function_call", "status": status, "call_id": call_id, "name": plain,
+                "arguments": arguments}
     if namespace:
         item["namespace"] = namespace
     return item
+
+
+def custom_input(arguments: str) -> str:
+    """A custom tool's free-form input from the one-string-argument call the model made."""
+    try:
+        parsed = orjson.loads(arguments) if arguments else {}
+    except orjson.JSONDecodeError:
+        return arguments
+    return parsed.get("input", "") if isinstance(parsed, dict) and isinstance(parsed.get("input"), str) else arguments
 
 
 def output_items(message: dict, names: dict, status: str = "completed") -> list[dict]:

@@ -10,8 +10,9 @@ Top-level fields
     model                        -> model (required unless a `preset` field names one)
     instructions                 -> first message, role system
     input (string | items)       -> messages (below), after the history's
-    tools                        -> tools (function; namespace: its function tools, named
-                                    "<namespace>__<name>" upstream and given back split)
+    tools                        -> tools (function; custom: a function taking one string `input`;
+                                    namespace: its tools, named "<namespace>__<name>" upstream
+                                    and given back split)
     tool_choice, parallel_tool_calls -> same meaning (allowed_tools filters the tools)
     text.format json_schema / json_object / text -> response_format / - ; text.verbosity -> verbosity
     reasoning.effort             -> reasoning_effort (summary, generate_summary: accepted)
@@ -22,27 +23,17 @@ Top-level fields
     metadata, store, previous_response_id, include, prompt_cache_key, client_metadata,
     service_tier, stream_options, truncation (disabled), background (false)
                                  -> used by the endpoint, not sent upstream
-Items
-    message user/system/developer -> user/system/system message; input_text -> text part,
-                                    input_image -> image_url part, input_file -> file part
-    message assistant            -> assistant message (output_text / refusal text)
-    function_call                -> tool_calls on the assistant message
-    function_call_output         -> role tool message
-    reasoning                    -> reasoning_details of the next assistant message, from its
-                                    encrypted_content (the gateway's own encoding, see
-                                    encode_reasoning); a reasoning item without it is skipped
+Items: see proxy/responses/items.py.
 """
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from proxy.errors import InvalidRequest
+from proxy.responses.items import chat_name, input_items, to_messages
 
-__all__ = ["to_chat", "Translated", "encode_reasoning", "decode_reasoning", "input_items", "chat_name"]
+__all__ = ["to_chat", "Translated"]
 
 WEB_SEARCH = frozenset(("web_search", "web_search_preview", "web_search_2025_08_26",
                         "web_search_preview_2025_03_11"))
@@ -56,7 +47,6 @@ TRANSLATED = frozenset(("model", "input", "instructions", "tools", "tool_choice"
                         "text", "reasoning", "max_output_tokens", "temperature", "top_p", "user",
                         "safety_identifier", "stream", "preset", "cache", "models"))
 EFFORTS = frozenset(("none", "minimal", "low", "medium", "high", "xhigh"))
-REASONING_PREFIX = "mw1:"     # encrypted_content the gateway wrote (base64url JSON reasoning_details)
 
 
 @dataclass(slots=True)
@@ -64,46 +54,7 @@ class Translated:
     chat: dict                                    # the chat completions request
     items: list[dict]                             # this request's input items (for input_items)
     dropped: tuple[str, ...] = ()                 # built-in tools offered and left out
-    names: dict[str, tuple[str, str]] = field(default_factory=dict)   # chat name -> (namespace, name)
-
-
-def encode_reasoning(details: list) -> str:
-    return REASONING_PREFIX + base64.urlsafe_b64encode(orjson.dumps(details)).decode()
-
-
-def decode_reasoning(blob: Any) -> list | None:
-    """reasoning_details from an encrypted_content the gateway wrote; None for anything else."""
-    if not isinstance(blob, str) or not blob.startswith(REASONING_PREFIX):
-        return None
-    try:
-        details = orjson.loads(base64.urlsafe_b64decode(blob[len(REASONING_PREFIX):]))
-    except (ValueError, orjson.JSONDecodeError):
-        return None
-    return details if isinstance(details, list) else None
-
-
-def chat_name(namespace: str | None, name: str) -> str:
-    return f"{namespace}__{name}" if namespace else name
-
-
-def input_items(value: Any) -> list[dict]:
-    """`input` as a list of items (a string is one user message)."""
-    if isinstance(value, str):
-        return [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": value}]}]
-    if not isinstance(value, list):
-        raise InvalidRequest("'input' must be a string or an array of input items.", param="input",
-                             code="invalid_type")
-    out = []
-    for i, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise InvalidRequest(f"'input[{i}]' must be an object.", param=f"input[{i}]", code="invalid_type")
-        if "type" not in item and "role" in item:
-            item = {"type": "message", **item}
-        if item.get("type") == "message" and isinstance(item.get("content"), str):   # stored as OpenAI lists it
-            part = "output_text" if item.get("role") == "assistant" else "input_text"
-            item = {**item, "content": [{"type": part, "text": item["content"]}]}
-        out.append(item)
-    return out
+    names: dict[str, tuple] = field(default_factory=dict)   # chat name -> (namespace, name, function|custom)
 
 
 def to_chat(body: dict, history: list[dict] = ()) -> Translated:
@@ -128,11 +79,11 @@ def to_chat(body: dict, history: list[dict] = ()) -> Translated:
             raise InvalidRequest("'instructions' must be a string.", param="instructions", code="invalid_type")
         if instructions:
             messages.append({"role": "system", "content": instructions})
-    names: dict[str, tuple[str, str]] = {}
+    names: dict[str, tuple] = {}
     dropped = _tools(body, chat, names)
-    reverse = {v: k for k, v in names.items()}
-    messages += _messages(list(history), "previous_response_id", reverse)
-    messages += _messages(items, "input", reverse)
+    reverse = {(ns, name): k for k, (ns, name, _) in names.items()}
+    messages += to_messages(list(history), "previous_response_id", reverse)
+    messages += to_messages(items, "input", reverse)
     if not messages:
         raise InvalidRequest("'input' must hold at least one item.", param="input")
     chat["messages"] = messages
@@ -174,15 +125,15 @@ def _tools(body: dict, chat: dict, names: dict) -> tuple[str, ...]:
     for i, tool in enumerate(tools or ()):
         param = f"tools[{i}]"
         kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind == "function":
+        if kind in ("function", "custom"):
             out.append(_function(tool, param, None, names))
         elif kind == "namespace":
             ns = tool.get("name")
             if not isinstance(ns, str) or not ns:
                 raise InvalidRequest(f"'{param}.name' is required.", param=f"{param}.name")
             for j, inner in enumerate(tool.get("tools") or ()):
-                if not isinstance(inner, dict) or inner.get("type") != "function":
-                    raise InvalidRequest(f"Only function tools are supported inside a namespace.",
+                if not isinstance(inner, dict) or inner.get("type") not in ("function", "custom"):
+                    raise InvalidRequest("Only function and custom tools are supported inside a namespace.",
                                          param=f"{param}.tools[{j}].type")
                 out.append(_function(inner, f"{param}.tools[{j}]", ns, names))
         elif kind in WEB_SEARCH:
@@ -208,14 +159,24 @@ def _function(tool: dict, param: str, namespace: str | None, names: dict) -> dic
     if not isinstance(name, str) or not name:
         raise InvalidRequest(f"'{param}.name' is required.", param=f"{param}.name")
     upstream = chat_name(namespace, name)
-    names[upstream] = (namespace, name)
+    names[upstream] = (namespace, name, tool["type"])
     function: dict[str, Any] = {"name": upstream}
     if tool.get("description"):
         function["description"] = tool["description"]
+    if tool["type"] == "custom":        # free-form input: one string argument
+        function["parameters"] = {"type": "object", "properties": {"input": {"type": "string", "description": (
+            "The tool's whole input as free-form text" + _grammar(tool.get("format")))}}, "required": ["input"]}
+        return {"type": "function", "function": function}
     function["parameters"] = tool.get("parameters") or {"type": "object", "properties": {}}
     if tool.get("strict") is not None:
         function["strict"] = bool(tool["strict"])
     return {"type": "function", "function": function}
+
+
+def _grammar(fmt: Any) -> str:
+    if isinstance(fmt, dict) and fmt.get("type") == "grammar" and isinstance(fmt.get("definition"), str):
+        return f", following this {fmt.get('syntax') or 'lark'} grammar:\n" + fmt["definition"]
+    return "."
 
 
 def _tool_choice(choice: Any, tools: list[dict], names: dict, chat: dict) -> list[dict]:
@@ -223,9 +184,9 @@ def _tool_choice(choice: Any, tools: list[dict], names: dict, chat: dict) -> lis
         chat["tool_choice"] = choice
         return tools
     kind = choice.get("type") if isinstance(choice, dict) else None
-    if kind == "function":
+    if kind in ("function", "custom"):
         name = choice.get("name")
-        upstream = next((k for k, (_, n) in names.items() if n == name or k == name), None)
+        upstream = next((k for k, (_, n, _) in names.items() if n == name or k == name), None)
         if upstream is None:
             raise InvalidRequest(f"tool_choice names the function {name!r}, which is not in 'tools'.",
                                  param="tool_choice.name")
@@ -313,132 +274,3 @@ def _sampling(body: dict, chat: dict) -> None:
     if body.get("stream"):
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
-
-
-# -- items ----------------------------------------------------------------------------------
-
-def _messages(items: list[dict], where: str, reverse: dict) -> list[dict]:
-    out: list[dict] = []
-    open_: dict | None = None       # the assistant message being built from consecutive items
-    for i, item in enumerate(items):
-        param = f"{where}[{i}]"
-        kind = item.get("type")
-        if kind == "message" and item.get("role") == "assistant":
-            if open_ is None or open_.get("content") is not None or open_.get("tool_calls"):
-                open_ = {"role": "assistant", "content": None}
-                out.append(open_)
-            open_["content"] = _assistant_text(item.get("content"), param)
-        elif kind == "message":
-            open_ = None
-            out.append(_user_side(item, param))
-        elif kind == "function_call":
-            if open_ is None:
-                open_ = {"role": "assistant", "content": None}
-                out.append(open_)
-            open_.setdefault("tool_calls", []).append(_call(item, param, reverse))
-        elif kind == "function_call_output":
-            open_ = None
-            out.extend(_call_output(item, param))
-        elif kind == "reasoning":
-            details = decode_reasoning(item.get("encrypted_content"))
-            if not details:
-                continue
-            if open_ is None or open_.get("content") is not None or open_.get("tool_calls"):
-                open_ = {"role": "assistant", "content": None}
-                out.append(open_)
-            open_.setdefault("reasoning_details", []).extend(details)
-        else:
-            raise InvalidRequest(f"Input items of type {kind!r} are not supported by this gateway.",
-                                 param=f"{param}.type", code="unsupported_item")
-    return [m for m in out if m["role"] != "assistant" or m.get("content") is not None or m.get("tool_calls")
-            or m.get("reasoning_details")]
-
-
-def _assistant_text(content: Any, param: str) -> str:
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise InvalidRequest(f"'{param}.content' must be a string or an array.", param=f"{param}.content")
-    texts = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("output_text", "input_text", "text"):
-            texts.append(part.get("text") or "")
-        elif kind == "refusal":
-            texts.append(part.get("refusal") or "")
-        else:
-            raise InvalidRequest(f"Assistant content parts of type {kind!r} are not supported.",
-                                 param=f"{param}.content[{j}].type")
-    return "".join(texts)
-
-
-def _user_side(item: dict, param: str) -> dict:
-    role = item.get("role")
-    if role not in ("user", "system", "developer"):
-        raise InvalidRequest(f"'{param}.role' must be user, system, developer or assistant.", param=f"{param}.role")
-    role = "system" if role == "developer" else role
-    content = item.get("content")
-    if isinstance(content, str):
-        return {"role": role, "content": content}
-    if not isinstance(content, list):
-        raise InvalidRequest(f"'{param}.content' must be a string or an array.", param=f"{param}.content")
-    parts = [_part(p, f"{param}.content[{j}]") for j, p in enumerate(content)]
-    if role == "system" or all(p["type"] == "text" for p in parts):
-        return {"role": role, "content": "".join(p["text"] for p in parts if p["type"] == "text")}
-    return {"role": role, "content": parts}
-
-
-def _part(part: Any, param: str) -> dict:
-    kind = part.get("type") if isinstance(part, dict) else None
-    if kind in ("input_text", "output_text", "text"):
-        return {"type": "text", "text": part.get("text") or ""}
-    if kind == "input_image":
-        url = part.get("image_url")
-        if not isinstance(url, str) or not url:
-            raise InvalidRequest("input_image needs an 'image_url' (file ids are not supported).",
-                                 param=f"{param}.image_url")
-        image = {"url": url}
-        if part.get("detail"):
-            image["detail"] = part["detail"]
-        return {"type": "image_url", "image_url": image}
-    if kind == "input_file":
-        data = part.get("file_data") or part.get("file_url")
-        if not isinstance(data, str) or not data:
-            raise InvalidRequest("input_file needs 'file_data' or 'file_url' (file ids are not supported).",
-                                 param=f"{param}.file_data")
-        if not data.startswith(("data:", "http://", "https://")):
-            data = "data:application/pdf;base64," + data
-        return {"type": "file", "file": {"filename": part.get("filename") or "document.pdf", "file_data": data}}
-    raise InvalidRequest(f"Content parts of type {kind!r} are not supported.", param=f"{param}.type")
-
-
-def _call(item: dict, param: str, reverse: dict) -> dict:
-    call_id, name = item.get("call_id"), item.get("name")
-    if not isinstance(call_id, str) or not call_id:
-        raise InvalidRequest(f"'{param}.call_id' is required.", param=f"{param}.call_id")
-    if not isinstance(name, str) or not name:
-        raise InvalidRequest(f"'{param}.name' is required.", param=f"{param}.name")
-    namespace = item.get("namespace")
-    upstream = reverse.get((namespace, name)) or chat_name(namespace, name)
-    arguments = item.get("arguments")
-    if not isinstance(arguments, str):
-        arguments = orjson.dumps(arguments if arguments is not None else {}).decode()
-    return {"id": call_id, "type": "function", "function": {"name": upstream, "arguments": arguments}}
-
-
-def _call_output(item: dict, param: str) -> list[dict]:
-    call_id = item.get("call_id")
-    if not isinstance(call_id, str) or not call_id:
-        raise InvalidRequest(f"'{param}.call_id' is required.", param=f"{param}.call_id")
-    output = item.get("output")
-    if isinstance(output, str):
-        return [{"role": "tool", "tool_call_id": call_id, "content": output}]
-    if not isinstance(output, list):
-        raise InvalidRequest(f"'{param}.output' must be a string or an array.", param=f"{param}.output")
-    parts = [_part(p, f"{param}.output[{j}]") for j, p in enumerate(output)]
-    text = "".join(p["text"] for p in parts if p["type"] == "text")
-    rest = [p for p in parts if p["type"] != "text"]
-    out = [{"role": "tool", "tool_call_id": call_id, "content": text}]
-    if rest:                    # chat tool messages are text-only: images and files follow as a user turn
-        out.append({"role": "user", "content": rest})
-    return out

@@ -213,15 +213,22 @@ class ResponsesStream:
                 return                   # held until the name arrives
             item = pending.item = self._open("function_call", "fc", events)
             item.call_id, item.name = pending.call_id or new_id("call"), pending.name
-            self._added(item, call_item(item.id, item.call_id, item.name, "", self.names, "in_progress"), events)
+            shape = call_item(item.id, item.call_id, item.name, "", self.names, "in_progress")
+            item.id = shape["id"]
+            self._added(item, shape, events)
             fragments = pending.arguments
         else:
             fragments = [fn["arguments"]] if fn.get("arguments") else []
             if pending.item is not self.open:
                 return                   # arguments for a closed call: kept for its final item only
+        if self._custom(pending.item):
+            return                       # its input is sent whole when it closes
         for fragment in fragments:
             events.append(self._event("response.function_call_arguments.delta", item_id=pending.item.id,
                                       output_index=pending.item.index, delta=fragment))
+
+    def _custom(self, item: _Item) -> bool:
+        return self.names.get(item.name, (None, None, "function"))[2] == "custom"
 
     # -- closing ----------------------------------------------------------------------------
 
@@ -251,8 +258,13 @@ class ResponsesStream:
             pending = next(p for p in self.calls.values() if p.item is item)
             arguments = "".join(pending.arguments)
             shape = call_item(item.id, item.call_id, item.name, arguments, self.names)
-            events.append(self._event("response.function_call_arguments.done", item_id=item.id,
-                                      output_index=item.index, name=shape["name"], arguments=arguments))
+            if shape["type"] == "custom_tool_call":
+                for kind, key in (("delta", "delta"), ("done", "input")):
+                    events.append(self._event(f"response.custom_tool_call_input.{kind}", item_id=item.id,
+                                              output_index=item.index, **{key: shape["input"]}))
+            else:
+                events.append(self._event("response.function_call_arguments.done", item_id=item.id,
+                                          output_index=item.index, name=shape["name"], arguments=arguments))
         self.output[item.index] = shape
         public = {**shape, "encrypted_content": None} if item.kind == "reasoning" and not self.include_encrypted \
             else shape

@@ -126,3 +126,28 @@ async def test_upstream_error_mid_stream_ends_with_response_failed(client, gw):
 async def test_incomplete_for_length(client, anthropic_fake):
     r = await client.responses.create(model="claude", input="hello " * 50, max_output_tokens=5)
     assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_custom_tool_round_trip(client, fake_openai, stream):
+    """Codex's free-form apply_patch tool: a function with one string `input` upstream, a
+    custom_tool_call back, its output accepted on the next turn."""
+    tool = {"type": "custom", "name": "apply_patch", "description": "Apply a patch",
+            "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/"}}
+    kw = dict(model="up/smart-4o", tools=[tool], tool_choice={"type": "custom", "name": "apply_patch"})
+    if stream:
+        async with client.responses.stream(input="patch it", **kw) as s:
+            kinds = [e.type async for e in s]
+            r1 = await s.get_final_response()
+        assert "response.custom_tool_call_input.done" in kinds
+        assert "response.function_call_arguments.delta" not in kinds
+    else:
+        r1 = await client.responses.create(input="patch it", **kw)
+    call = r1.output[-1]
+    assert call.type == "custom_tool_call" and call.name == "apply_patch" and isinstance(call.input, str)
+    sent = fake_openai.last["json"]["tools"][0]["function"]
+    assert sent["parameters"]["required"] == ["input"] and "start: /.+/" in sent["parameters"]["properties"][
+        "input"]["description"]
+    r2 = await client.responses.create(model="up/smart-4o", tools=[tool], previous_response_id=r1.id, input=[
+        {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Done!"}])
+    assert "Done!" in r2.output_text
