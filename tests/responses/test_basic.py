@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import orjson
+from openai.types.responses import ResponseStreamEvent
+from pydantic import TypeAdapter
 
-from tests.responses.conftest import WEATHER, ledger_row
+from tests.responses.conftest import KEY_A, WEATHER, ledger_row
 
 
 async def test_create_plain(client, gw):
@@ -45,7 +47,6 @@ async def test_stream_helper_and_tools(client):
 
 
 async def test_ledger_row_says_responses(gw, http):
-    from tests.responses.conftest import KEY_A
     async with http.post(gw.url + "/v1/responses", json={"model": "mock-echo", "input": "hi"},
                          headers={"Authorization": f"Bearer {KEY_A}"}) as resp:
         assert resp.status == 200
@@ -57,9 +58,6 @@ async def test_ledger_row_says_responses(gw, http):
 
 async def test_every_streamed_event_matches_the_sdk_types(gw, http):
     """Strict validation of the wire events (the SDK itself parses leniently), with reasoning."""
-    from pydantic import TypeAdapter
-    from openai.types.responses import ResponseStreamEvent
-    from tests.responses.conftest import KEY_A
     adapter = TypeAdapter(ResponseStreamEvent)
     body = {"model": "claude", "input": "What's the weather in Oslo? Use the tool.", "stream": True,
             "tools": [WEATHER], "reasoning": {"effort": "low"}}
