@@ -72,9 +72,11 @@ async def test_one_failing_request_with_retries_does_not_fail_the_others(h, faul
     err = assert_envelope(status, headers, body, 502, "provider_error")
     assert err["upstream_status"] == 500 and faulty.hits["fail-500"] == 3
     assert (await h.row(headers["x-request-id"]))["attempts"] == 3
+    assert await cooldown_gauge(h, "by-prompt") in (None, 0)       # one failed request: not cooling
     for i in range(6):
         assert await answered_by(h, "lone", f"hi-{i}") == f"hi-{i}"
-    # a mixed workload: a few requests the provider chokes on, between ordinary ones, concurrently
+    # a mixed workload, concurrent: a few requests the provider chokes on between ordinary ones
+    # (their failures may well come in a row now and cool the target: it is still tried)
     prompts = [("fail-500" if i % 4 == 0 else f"ok-{i}") for i in range(24)]
     results = await asyncio.gather(*(h.post(chat("lone", p)) for p in prompts))
     for prompt, (status, _, body) in zip(prompts, results):
@@ -82,7 +84,6 @@ async def test_one_failing_request_with_retries_does_not_fail_the_others(h, faul
             assert status == 502 and body["error"]["code"] != "all_targets_cooling_down", body
         else:
             assert status == 200 and body["model"] == prompt, body
-    assert await cooldown_gauge(h, "by-prompt") in (None, 0)
 
 
 async def test_target_is_skipped_after_cooldown_after_failed_requests(h, faulty):
