@@ -108,7 +108,7 @@ async def dispatch(ctx: RequestContext):
     the request's other models (`models`): a cooldown alone never answers 503."""
     state = ctx.state
     last: GatewayError | None = None
-    panic: list[tuple[RouteMatch, object]] | None = None     # made only when a route needs it
+    panic: list[tuple] | None = None     # (match, target, hkey); made only when a route needs it
     for match in candidate_matches(ctx):
         soonest, soonest_left, healthy = None, 0.0, False
         for target in ordered_targets(match.route):
@@ -119,21 +119,22 @@ async def dispatch(ctx: RequestContext):
                                            code="provider_not_configured",
                                            tip="Set the variable in the gateway's environment, then reload it.")
                 continue
-            left = state.health.remaining((target.provider, match.upstream_model(target)))
+            hkey = (target.provider, match.upstream_model(target))
+            left = state.health.remaining(hkey)
             if left:
                 if soonest is None or left < soonest_left:
-                    soonest, soonest_left = target, left
+                    soonest, soonest_left = (match, target, hkey), left
                 continue
             healthy = True
-            reply, err = await _try_target(ctx, match, target)
+            reply, err = await _try_target(ctx, match, target, hkey)
             if reply is not None:
                 return reply
             last = err
         if soonest is not None and not healthy:
             panic = panic or []
-            panic.append((match, soonest))
-    for match, target in panic or ():
-        reply, err = await _try_target(ctx, match, target)
+            panic.append(soonest)
+    for match, target, hkey in panic or ():
+        reply, err = await _try_target(ctx, match, target, hkey)
         if reply is not None:
             return reply
         last = err
@@ -142,14 +143,13 @@ async def dispatch(ctx: RequestContext):
     raise last
 
 
-async def _try_target(ctx: RequestContext, match: RouteMatch, target):
+async def _try_target(ctx: RequestContext, match: RouteMatch, target, hkey: tuple):
     """Call one target, retrying on it as its route allows: (reply, None) or (None, its error);
-    a failure the request caused is raised. The target's health hears one outcome per request
-    (a success, or a failure once the retries are spent), never one per attempt."""
+    a failure the request caused is raised. Its health (`hkey`: provider, upstream model) hears
+    one outcome per request (a success, or a failure once the retries are spent), never one per
+    attempt."""
     route, state = match.route, ctx.state
-    upstream_model = match.upstream_model(target)
-    hkey = (target.provider, upstream_model)
-    ctx.match, ctx.target, ctx.provider, ctx.upstream_model = match, target, target.provider, upstream_model
+    ctx.match, ctx.target, ctx.provider, ctx.upstream_model = match, target, target.provider, hkey[1]
     body = upstream_body(ctx, match, target)
     if ctx.endpoint != "embeddings":
         capabilities.check(body, state.capabilities(route, target), match.public_model)
