@@ -70,6 +70,8 @@ class LocalHealth(Health):
         return self._cool(target, seconds)
 
     def _cool(self, target, seconds: float) -> bool:
+        if seconds <= 0.0:                      # cooldown_seconds: 0 turns cooldowns off
+            return False
         started = not self.remaining(target)
         until = time.monotonic() + seconds
         if until > self._until.get(target, 0.0):

@@ -256,6 +256,16 @@ async def test_streamed_requests_count_the_same_way(h, faulty):
             assert resp.status == 200 and (await resp.read()).endswith(b"data: [DONE]\n\n")
 
 
+async def test_cooldown_seconds_zero_never_skips_a_target(make_harness, faulty):
+    h = await make_harness(extra=ROUTES + "  nocool: {targets: [{provider: bad, model: by-prompt}, "
+                                          "{provider: mock, model: fallback}], retries: 0, cooldown_after: 1, "
+                                          "cooldown_seconds: 0}\n")
+    for _ in range(3):
+        assert await answered_by(h, "nocool", "fail-500") == "fallback"
+        assert await cooldown_gauge(h, "by-prompt") in (None, 0)
+        assert await answered_by(h, "nocool", "hi") == "hi"
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("cooldown_after", 0, "int >= 1"),
     ("cooldown_after", 2.5, "int >= 1"),
