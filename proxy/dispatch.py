@@ -64,14 +64,14 @@ def ordered_targets(route) -> list:
 
 
 def is_retryable(err: GatewayError, route) -> bool:
-    """Worth another try on the same target: the route's `retry_on` statuses, connection
-    failures, timeouts and answers broken before anything reached the client. An error type
-    that says so itself (`retryable`) is believed, within the route's `retry_on`."""
+    """Worth another try on the same target: the route's `retry_on` statuses, or an error whose
+    type says so (`retryable`: connection failures, timeouts, answers broken before anything
+    reached the client); for error types without that property, their codes."""
     status = err.upstream_status
+    if status is not None and status in route.retry_on:
+        return True
     retryable = getattr(err, "retryable", None)
-    if retryable is not None:
-        return retryable and (status is None or status in route.retry_on)
-    return (status is not None and status in route.retry_on) or err.code in RETRYABLE_CODES
+    return retryable if retryable is not None else err.code in RETRYABLE_CODES
 
 
 def is_client_error(err: GatewayError) -> bool:
