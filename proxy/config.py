@@ -110,7 +110,8 @@ class ModelRoute:
     max_tokens_default: int | None = None
     retries: int = 2
     retry_on: tuple[int, ...] = RETRY_ON
-    cooldown_seconds: float = 30.0
+    cooldown_seconds: float = 30.0       # how long a failing target is skipped
+    cooldown_after: int = 5              # consecutive failed requests that start a cooldown
     owned_by: str | None = None
 
     @property

@@ -26,7 +26,8 @@ PROVIDER = {"type": (STR, None), "base_url": (STR, None), "api_key": (STR, None)
 MODEL = {"targets": (LIST, None), "strategy": (STR, "fallback"), "pricing": (MAP, None),
          "context_length": (INT, None, True), "capabilities": (MAP, None), "auto_cache": (BOOL, False),
          "cache": (BOOL, None, True), "max_tokens": (INT, None, True), "retries": (INT, 2),
-         "retry_on": (LIST, None), "cooldown_seconds": (NUM, 30.0), "owned_by": (STR, None)}
+         "retry_on": (LIST, None), "cooldown_seconds": (MONEY, 30.0), "cooldown_after": (COUNT, 5),
+         "owned_by": (STR, None)}
 TARGET = {"provider": (STR, None), "model": (STR, None), "weight": (NUM, 1.0)}
 PRICING = {"input": (MONEY, 0.0), "output": (MONEY, 0.0), "cached_input": (MONEY, None, True),
            "cache_write": (MONEY, None, True)}
@@ -186,7 +187,7 @@ def _models(r: _Reader, value: dict, providers: dict, declared: set) -> dict[str
                                context_length=f["context_length"], capabilities=MappingProxyType(caps),
                                auto_cache=f["auto_cache"], cache=f["cache"], max_tokens_default=f["max_tokens"],
                                retries=f["retries"], retry_on=retry_on, cooldown_seconds=f["cooldown_seconds"],
-                               owned_by=f["owned_by"])
+                               cooldown_after=f["cooldown_after"], owned_by=f["owned_by"])
     return out
 
 

@@ -5,11 +5,13 @@ peeked (its first event awaited) before it is handed back, so a target that fail
 answering is skipped and the client never sees it. A failure the request itself caused
 (400/404/413/422) is returned at once; any other failure is retried on the same target
 when retryable (`retry_on`, connection errors, timeouts, broken answers) with backoff,
-then the next target (and the request's `models` list) is tried.
+then the next target (and the request's `models` list) is tried. Targets that keep failing
+cool down (proxy/health.py): skipped while a route has another, tried when it has no other.
 """
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from typing import AsyncIterator
 
@@ -26,6 +28,7 @@ RETRYABLE_CODES = ("upstream_timeout", "upstream_unreachable", "upstream_broken"
                    "upstream_error_body", "upstream_stream_error")
 PEEK_EVENTS = 8       # events read ahead at most while waiting for the first content token
 MAX_RETRY_WAIT = 2.0   # seconds; an upstream asking for longer is not retried, we fall back instead
+MAX_RATE_LIMIT_PAUSE = 3600.0   # seconds; the longest an upstream's 429 Retry-After pauses a target
 
 
 def resolve_route(ctx: RequestContext) -> RouteMatch:
@@ -61,10 +64,14 @@ def ordered_targets(route) -> list:
 
 
 def is_retryable(err: GatewayError, route) -> bool:
-    """Worth another try on the same target: the route's `retry_on` statuses, connection
-    failures, timeouts and answers broken before anything reached the client."""
+    """Worth another try on the same target: the route's `retry_on` statuses, or an error whose
+    type says so (`retryable`: connection failures, timeouts, answers broken before anything
+    reached the client); for error types without that property, their codes."""
     status = err.upstream_status
-    return (status is not None and status in route.retry_on) or err.code in RETRYABLE_CODES
+    if status is not None and status in route.retry_on:
+        return True
+    retryable = getattr(err, "retryable", None)
+    return retryable if retryable is not None else err.code in RETRYABLE_CODES
 
 
 def is_client_error(err: GatewayError) -> bool:
@@ -94,13 +101,17 @@ def candidate_matches(ctx: RequestContext):
 
 
 async def dispatch(ctx: RequestContext):
-    """Terminal handler for chat completions, messages and embeddings: the one retry loop."""
+    """Terminal handler for chat completions, messages and embeddings: the one retry loop.
+
+    Targets cooling down are skipped. When every usable target of a route cools down, the one
+    whose cooldown ends first is still tried (Envoy's panic mode), after the healthy targets of
+    the request's other models (`models`): a cooldown alone never answers 503."""
     state = ctx.state
-    health = state.health
     last: GatewayError | None = None
+    panic: list[tuple] | None = None     # (match, target, hkey); made only when a route needs it
     for match in candidate_matches(ctx):
-        route = match.route
-        for target in ordered_targets(route):
+        soonest, soonest_left, healthy = None, 0.0, False
+        for target in ordered_targets(match.route):
             reason = state.disabled.get(target.provider)
             if reason:
                 last = last or Unavailable(f"Model '{match.public_model}' is unavailable: provider "
@@ -108,49 +119,83 @@ async def dispatch(ctx: RequestContext):
                                            code="provider_not_configured",
                                            tip="Set the variable in the gateway's environment, then reload it.")
                 continue
-            upstream_model = match.upstream_model(target)
-            hkey = (target.provider, upstream_model)
-            if health.cooling(hkey):
-                last = last or Unavailable(f"All targets of '{match.public_model}' are cooling down.",
-                                           code="all_targets_cooling_down",
-                                           headers={"Retry-After": str(max(1, int(health.remaining(hkey))))})
+            hkey = (target.provider, match.upstream_model(target))
+            left = state.health.remaining(hkey)
+            if left:
+                if soonest is None or left < soonest_left:
+                    soonest, soonest_left = (match, target, hkey), left
                 continue
-            ctx.match, ctx.target, ctx.provider, ctx.upstream_model = match, target, target.provider, upstream_model
-            body = upstream_body(ctx, match, target)
-            if ctx.endpoint != "embeddings":
-                capabilities.check(body, state.capabilities(route, target), match.public_model)
-            for attempt in range(route.retries + 1):
-                ctx.attempts += 1
-                try:
-                    reply = await _call(ctx, state.providers[target.provider], body)
-                except GatewayError as err:
-                    if is_client_error(err):
-                        raise
-                    last = err
-                    _failed(ctx, hkey, route, err)
-                    wait = backoff(attempt, err)
-                    if (attempt < route.retries and is_retryable(err, route) and wait <= MAX_RETRY_WAIT
-                            and not health.cooling(hkey)):
-                        await asyncio.sleep(wait)
-                        continue
-                    break   # next target (a long Retry-After is the client's to honour, not ours)
-                if health.success(hkey):
-                    _gauge(ctx, hkey, 0)
+            healthy = True
+            reply, err = await _try_target(ctx, match, target, hkey)
+            if reply is not None:
                 return reply
+            last = err
+        if soonest is not None and not healthy:
+            panic = panic or []
+            panic.append(soonest)
+    for match, target, hkey in panic or ():
+        reply, err = await _try_target(ctx, match, target, hkey)
+        if reply is not None:
+            return reply
+        last = err
     if last is None:
         raise Unavailable(f"Model '{ctx.model}' has no usable target.")
     raise last
 
 
-def _failed(ctx: RequestContext, hkey: tuple, route, err: GatewayError) -> None:
+async def _try_target(ctx: RequestContext, match: RouteMatch, target, hkey: tuple):
+    """Call one target, retrying on it as its route allows: (reply, None) or (None, its error);
+    a failure the request caused is raised. Its health (`hkey`: provider, upstream model) hears
+    one outcome per request (a success, or a failure once the retries are spent), never one per
+    attempt."""
+    route, state = match.route, ctx.state
+    ctx.match, ctx.target, ctx.provider, ctx.upstream_model = match, target, target.provider, hkey[1]
+    body = upstream_body(ctx, match, target)
+    if ctx.endpoint != "embeddings":
+        capabilities.check(body, state.capabilities(route, target), match.public_model)
+    provider = state.providers[target.provider]
+    attempt = 0
+    while True:
+        ctx.attempts += 1
+        try:
+            reply = await _call(ctx, provider, body)
+        except GatewayError as err:
+            if is_client_error(err):
+                raise
+            _attempt_failed(ctx, hkey, err)
+            wait = backoff(attempt, err)
+            if attempt < route.retries and is_retryable(err, route) and wait <= MAX_RETRY_WAIT:
+                attempt += 1
+                await asyncio.sleep(wait)
+                continue
+            _failed(ctx, hkey, route, err)   # next target (a long Retry-After is the client's to honour)
+            return None, err
+        if state.health.success(hkey):
+            _gauge(ctx, hkey, 0)
+        return reply, None
+
+
+def _attempt_failed(ctx: RequestContext, hkey: tuple, err: GatewayError) -> None:
+    """Every failed attempt is counted in /metrics; an upstream 429 with Retry-After also pauses
+    the target for that long (and no longer)."""
     ctx.gateway.metrics.inc("modelway_upstream_errors_total", (hkey[0], err.code))
-    if ctx.state.health.failure(hkey, route.cooldown_seconds):
+    if err.status == 429:
+        pause = retry_after(err)
+        if pause and ctx.state.health.rate_limited(hkey, min(pause, MAX_RATE_LIMIT_PAUSE)):
+            _gauge(ctx, hkey, 1)
+
+
+def _failed(ctx: RequestContext, hkey: tuple, route, err: GatewayError) -> None:
+    """The request's outcome on this target was a failure: it counts toward `cooldown_after`
+    (a 429 does not: the upstream is up, only busy, and said for how long)."""
+    if err.status != 429 and ctx.state.health.failure(hkey, route.cooldown_after, route.cooldown_seconds):
         _gauge(ctx, hkey, 1)
 
 
 def _gauge(ctx: RequestContext, hkey: tuple, value: int) -> None:
     ctx.gateway.metrics.set_gauge("modelway_target_cooldown", {"provider": hkey[0], "model": hkey[1]},
-                                  value, "1 while a target is skipped after repeated failures.")
+                                  value, "1 from a target's cooldown (failed requests or an upstream 429) "
+                                  "until it answers again.")
 
 
 async def _call(ctx: RequestContext, provider, body: dict):
@@ -212,13 +257,22 @@ async def _replay(head: list[bytes], rest) -> AsyncIterator[bytes]:
 
 
 def backoff(attempt: int, err: GatewayError) -> float:
-    retry_after = err.headers.get("Retry-After") if err.headers else None
-    if retry_after:
-        try:
-            return float(retry_after)
-        except ValueError:
-            pass
+    wait = retry_after(err)
+    if wait is not None:
+        return wait
     return min(0.25 * (2 ** attempt), 4.0) * (0.5 + random.random() / 2)
+
+
+def retry_after(err: GatewayError) -> float | None:
+    """The upstream's Retry-After in seconds (the delta-seconds form), if it sent a usable one."""
+    value = err.headers.get("Retry-After") if err.headers else None
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0.0 <= seconds < math.inf else None
 
 
 def check_chat_body(body: dict) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from proxy.config import Config, load_config
-from proxy.health import Health
+from proxy.health import Health, LocalHealth
 from proxy.pipeline import Chain, Handler, build_middlewares
 from proxy.providers import provider_class
 from proxy.providers.base import Provider
@@ -27,7 +27,7 @@ class State:
     disabled: dict[str, str]          # provider name -> why it is off
     chain: Chain
     endpoints: dict[str, tuple[tuple, Handler]]   # endpoint -> (leading before hooks, handler)
-    health: Health = field(default_factory=Health)
+    health: Health = field(default_factory=LocalHealth)
     loaded_at: float = field(default_factory=time.time)
     inflight: int = 0
     _caps: dict = field(default_factory=dict)
@@ -93,7 +93,7 @@ class Gateway:
                      "messages": chain.wrap(dispatch), "models": chain.wrap(list_models_endpoint),
                      "account": chain.wrap(account_endpoint), "responses": responses.wrap(chain.wrap(dispatch)),
                      "stored_responses": chain.wrap(responses.stored)}
-        health = old.health if old else Health()
+        health = old.health if old else LocalHealth()
         return State(config, RouteTable.build(config.models), providers, disabled, chain, endpoints, health)
 
     async def reload(self) -> bool:

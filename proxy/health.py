@@ -1,48 +1,90 @@
-"""Per-target cooldowns: a target that keeps failing is skipped for a while, then probed.
-A target is keyed by (provider, upstream model), so each model behind a wildcard route
-cools down on its own."""
+"""Per-target cooldowns (outlier ejection, as Envoy's consecutive-errors detection and LiteLLM's
+cooldowns): a target that failed `cooldown_after` requests in a row is skipped for
+`cooldown_seconds`, then probed; an upstream 429 skips it for its Retry-After only.
+
+A target is keyed by (provider, upstream model), so each model behind a wildcard route cools
+down on its own. The outcome of a *request* counts, not each attempt: the dispatcher reports
+one failure or success per request and target, after its retries. Whether a cooling target is
+still tried (a route's last one) is the dispatcher's decision, not this store's.
+
+`Health` is the interface; `LocalHealth` keeps the state in this process (kept across reloads
+on the gateway's State). Reads are on every request's path, so they are synchronous: a shared
+implementation would keep a local copy fed by change events and publish its writes in the
+background.
+"""
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 
-FAILURES_BEFORE_COOLDOWN = 3
+
+class Health(ABC):
+    @abstractmethod
+    def remaining(self, target) -> float:
+        """Seconds until the target may be used again; 0.0 when it is not cooling down."""
+
+    @abstractmethod
+    def failure(self, target, after: int, seconds: float) -> bool:
+        """Count one failed request; True when the target starts (or restarts) cooling down."""
+
+    @abstractmethod
+    def rate_limited(self, target, seconds: float) -> bool:
+        """The upstream asked for a pause (429 + Retry-After); True when the target starts cooling."""
+
+    @abstractmethod
+    def success(self, target) -> bool:
+        """An answered request: forget its failures; True when the target had been cooling down."""
+
+    @abstractmethod
+    def snapshot(self) -> dict[tuple, float]:
+        """Seconds of cooldown left per (provider, model), for operators."""
 
 
-class Health:
+class LocalHealth(Health):
+    """One process's view: consecutive failures, cooldown deadlines (time.monotonic()) and the
+    targets ejected for failures that have not answered since (their next failure re-cools them
+    at once: a failed probe)."""
+
     def __init__(self) -> None:
         self._failures: dict[tuple, int] = {}
         self._until: dict[tuple, float] = {}
-
-    def cooling(self, target) -> bool:
-        until = self._until.get(target)
-        return until is not None and time.monotonic() < until
+        self._ejected: set[tuple] = set()
 
     def remaining(self, target) -> float:
         until = self._until.get(target)
-        return max(0.0, until - time.monotonic()) if until else 0.0
+        if until is None:
+            return 0.0
+        left = until - time.monotonic()
+        return left if left > 0.0 else 0.0
 
-    def failure(self, target, cooldown: float) -> bool:
-        """Count a failure; True when the target starts cooling down."""
-        key = target
-        if key in self._until:          # it has cooled down before and not answered since:
-            self._until[key] = time.monotonic() + cooldown     # the failed probe decides
-            return True
-        n = self._failures.get(key, 0) + 1
-        self._failures[key] = n
-        if n >= FAILURES_BEFORE_COOLDOWN:
-            self._until[key] = time.monotonic() + cooldown
-            self._failures[key] = 0
-            return True
-        return False
+    def failure(self, target, after: int, seconds: float) -> bool:
+        n = after if target in self._ejected else self._failures.get(target, 0) + 1
+        if n < after:
+            self._failures[target] = n
+            return False
+        self._failures.pop(target, None)
+        self._ejected.add(target)
+        return self._cool(target, seconds)
+
+    def rate_limited(self, target, seconds: float) -> bool:
+        return self._cool(target, seconds)
+
+    def _cool(self, target, seconds: float) -> bool:
+        if seconds <= 0.0:                      # cooldown_seconds: 0 turns cooldowns off
+            return False
+        started = not self.remaining(target)
+        until = time.monotonic() + seconds
+        if until > self._until.get(target, 0.0):
+            self._until[target] = until
+        return started
 
     def success(self, target) -> bool:
-        """Forget failures; True when the target had been cooling down."""
-        if target in self._failures or target in self._until:
-            self._failures.pop(target, None)
-            return self._until.pop(target, None) is not None
-        return False
+        if target not in self._failures and target not in self._until:
+            return False                        # the usual case: nothing to forget
+        self._failures.pop(target, None)
+        self._ejected.discard(target)
+        return self._until.pop(target, None) is not None
 
     def snapshot(self) -> dict[tuple, float]:
-        """Seconds of cooldown left per (provider, model), for `modelway routes` and /metrics."""
         now = time.monotonic()
         return {k: round(u - now, 1) for k, u in self._until.items() if u > now}

@@ -3,7 +3,9 @@ connections reset mid-response, never-ending or malformed SSE, huge bodies, flak
 
 Every response is `Connection: close`, so each request is one TCP connection and `open`
 counts the connections the gateway still holds (0 once it has let go of everything).
-Behaviour is chosen by the upstream model name (`hits[model]` counts the requests per name):
+Behaviour is chosen by the upstream model name (`hits[model]` counts the requests per name);
+for the model `by-prompt` it is the last message's text instead (so one target fails for some
+prompts and answers others), counted and answered under that text:
 
   ok (or anything else)   a small completion, or a stream of 3 content chunks
   sleep<ms>               waits <ms> before answering like `ok`
@@ -124,6 +126,8 @@ class FaultyUpstream:
             body = orjson.loads(await reader.readexactly(length)) if length else {}
             self.bodies.append(body)
             model = str(body.get("model", ""))
+            if model == "by-prompt":
+                model = str((body.get("messages") or [{}])[-1].get("content", ""))
             self.hits[model] += 1
             await self._answer(model, body, writer)
             await writer.drain()

@@ -13,7 +13,7 @@ middlewares: [accounting]
 providers:
   up: {{type: openai, base_url: "{url}"}}
 models:
-  flaky: {{targets: [{{provider: up, model: fail-500}}], retries: 0, cooldown_seconds: 30}}
+  flaky: {{targets: [{{provider: up, model: fail-500}}], retries: 2, cooldown_after: 2, cooldown_seconds: 30}}
   fine: {{targets: [{{provider: up, model: gpt-4o-mini}}]}}
 """
 
@@ -21,7 +21,7 @@ models:
 async def test_routes_marks_a_cooling_target(make_gateway, fake_openai, tmp_path):
     gw = await make_gateway(CONFIG.format(data_dir=tmp_path / "var", url=fake_openai.url))
     client = gw.client()
-    for _ in range(3):
+    for _ in range(2):                            # two failed requests (of three attempts each)
         try:
             await client.chat.completions.create(model="flaky", messages=[{"role": "user", "content": "hi"}])
         except Exception:
