@@ -1,6 +1,8 @@
 """Token accounting: every inference request (cache hits, failures and disconnects included)
 becomes one ledger row and one metrics observation. Writes are batched off the request path
-by the LedgerWriter."""
+by the LedgerWriter. A request refused with 401 (no key, an unknown, disabled or expired one)
+is a metrics observation only: it has no key to charge, and junk keys must not fill the disk
+(auth counts them by reason; the access log samples them)."""
 from __future__ import annotations
 
 from proxy.context import INFERENCE_ENDPOINTS
@@ -39,8 +41,10 @@ class Accounting(Middleware):
         if ctx.endpoint not in INFERENCE_ENDPOINTS:
             return
         row = ledger_row(ctx)
-        self.metrics.observe(row)
-        self.ledger.record(row)
+        match = ctx.match
+        self.metrics.observe(row, match.route.name if match is not None else "")
+        if ctx.status != 401:
+            self.ledger.record(row)
 
 
 def accounting(gateway, config) -> Accounting:

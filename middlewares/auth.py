@@ -1,7 +1,11 @@
 """Auth: `Authorization: Bearer <key>` or `x-api-key`. Static keys and management keys come
 from routes.yaml (by sha256 of the secret); managed keys from the key store (in memory,
-refreshed from SQLite within a second of a change by any process). `auth: {mode: none}`
-switches it off for a purely local setup."""
+refreshed from SQLite within a second of a change by any process). A key the store's memory
+does not know is looked up in the store before it is refused (a key created a moment ago on
+another worker): `before` then returns that lookup as an awaitable (see proxy.pipeline), the
+only time it is not a plain call. Unknown keys are remembered for a while (KeyStore.fetch), so
+junk keys do not cost a query each. `auth: {mode: none}` switches it off for a purely local
+setup. Every 401 counts in `modelway_auth_failures_total{reason}`."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +14,7 @@ import time
 from aiohttp.hdrs import AUTHORIZATION
 
 from proxy.context import KeyIdentity
-from proxy.errors import AuthenticationError
+from proxy.errors import AuthenticationError, Unavailable
 from proxy.pipeline import Middleware
 
 DIGEST_MEMO = 1024
@@ -52,14 +56,15 @@ class Auth(Middleware):
 
     def __init__(self, gateway, config):
         self.gateway = gateway
+        self.metrics = gateway.metrics
         self.off = config.auth_mode == "none"   # the chain is built per config
         self.static = static_identities(config)
         self.digests: dict[str, str] = {}   # presented secret -> its sha256, for the secrets seen lately
         self.bearers: dict[str, str] = {}   # Authorization header that named one -> the same sha256
 
-    def before(self, ctx) -> None:
+    def before(self, ctx):
         if self.off:
-            return
+            return None
         request = ctx.request
         header = request.headers.get(AUTHORIZATION)
         digest = self.bearers.get(header) if header is not None else None
@@ -69,20 +74,44 @@ class Auth(Middleware):
         if found is not None:
             identity, disabled, expires = found
             if disabled:
-                raise AuthenticationError("This API key is disabled.", code="key_disabled")
+                raise self._refused("This API key is disabled.", "key_disabled")
             if expires and expires <= time.time():
-                raise AuthenticationError("This API key has expired.", code="key_expired")
-        else:
-            record = self.gateway.keys.lookup(digest)
-            if record is None:
-                raise AuthenticationError("Invalid API key.", code="invalid_api_key")
-            if record.get("disabled"):
-                raise AuthenticationError("This API key is disabled.", code="key_disabled")
-            expires = record.get("expires_at")
-            if expires and expires <= time.time():
-                raise AuthenticationError("This API key has expired.", code="key_expired")
-            identity = managed_identity(record)
-        ctx.key = identity
+                raise self._refused("This API key has expired.", "key_expired")
+            ctx.key = identity
+            return None
+        keys = self.gateway.keys
+        record = keys.lookup(digest)
+        if record is None:
+            if keys.known_missing(digest):
+                raise self._refused("Invalid API key.", "invalid_api_key")
+            return self._fetch(ctx, digest)
+        self._admit(ctx, record)
+        return None
+
+    async def _fetch(self, ctx, digest: str) -> None:
+        """The slow path: a key this worker does not know, looked up in the key store."""
+        try:
+            record = await self.gateway.keys.fetch(digest)
+        except Exception as exc:    # the store cannot answer: never let an unchecked key in
+            self.metrics.inc("modelway_key_store_lookups_total", ("error",))
+            raise Unavailable("The key store cannot be read; try again shortly.",
+                              code="key_store_unavailable") from exc
+        self.metrics.inc("modelway_key_store_lookups_total", ("missing" if record is None else "found",))
+        if record is None:
+            raise self._refused("Invalid API key.", "invalid_api_key")
+        self._admit(ctx, record)
+
+    def _admit(self, ctx, record: dict) -> None:
+        if record.get("disabled"):
+            raise self._refused("This API key is disabled.", "key_disabled")
+        expires = record.get("expires_at")
+        if expires and expires <= time.time():
+            raise self._refused("This API key has expired.", "key_expired")
+        ctx.key = managed_identity(record)
+
+    def _refused(self, message: str, code: str) -> AuthenticationError:
+        self.metrics.inc("modelway_auth_failures_total", (code,))
+        return AuthenticationError(message, code=code)
 
     def _digest(self, request, header: str | None) -> str:
         """The sha256 of the presented secret, memoised per secret and per Bearer header."""
@@ -91,8 +120,8 @@ class Auth(Middleware):
         if not bearer:
             secret = request.headers.get("x-api-key") or None
         if secret is None:
-            raise AuthenticationError("Missing API key. Send it as 'Authorization: Bearer <key>' or "
-                                      "'x-api-key: <key>'.", code="missing_api_key")
+            raise self._refused("Missing API key. Send it as 'Authorization: Bearer <key>' or "
+                                "'x-api-key: <key>'.", "missing_api_key")
         if len(self.digests) >= DIGEST_MEMO or len(self.bearers) >= DIGEST_MEMO:   # a scan? start over
             self.digests.clear()
             self.bearers.clear()

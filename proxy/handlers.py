@@ -128,11 +128,15 @@ async def run(request: web.Request, ctx: RequestContext, prepare, adapt=None) ->
     try:
         early, hooks, handler = state.endpoints[ctx.endpoint]
         for hook in early:          # auth: a bad key is a 401 whatever the body
-            hook(ctx)
+            slow = hook(ctx)
+            if slow is not None:    # the hook's slow path (auth: a key looked up in the store)
+                await slow
         if prepare is not None:
             await prepare(request, ctx)
         for hook in hooks:
-            hook(ctx)
+            slow = hook(ctx)
+            if slow is not None:
+                await slow
         reply = await handler(ctx)
         if adapt is not None:
             reply = adapt(ctx, reply)

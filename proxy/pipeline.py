@@ -7,7 +7,9 @@ overrides any of:
 - `before(ctx)`: a synchronous check or rewrite before the rest of the chain, refusing the
   request by raising an APIError (auth, rate limits, presets). Consecutive hooks run in one
   loop, without a coroutine layer each. Leading hooks of middlewares with `needs_body = False`
-  (auth) run before the request body is read.
+  (auth) run before the request body is read. A hook returns None; when it needs I/O it may
+  instead return an awaitable (its slow path: auth looking up a key this worker does not know
+  yet), which the caller awaits before the next hook. The usual path stays a plain call.
 - `handle(ctx, call_next)`: wraps the rest of the chain; may short-circuit it (cache hits) or
   wrap a StreamReply's `events` iterator (cache). It runs after the middleware's own `before`.
 - `finish(ctx)`: observes the completed request exactly once — after the last byte, an error
@@ -39,8 +41,9 @@ class Middleware:
     name = "middleware"
     needs_body = True   # False: its `before` may run before the request body is read (auth)
 
-    def before(self, ctx: "RequestContext") -> None:
-        """Check or rewrite the request before the rest of the chain; raise to refuse it."""
+    def before(self, ctx: "RequestContext") -> "Awaitable[None] | None":
+        """Check or rewrite the request before the rest of the chain; raise to refuse it. Return
+        None, or an awaitable for a slow path that needs I/O (the caller awaits it)."""
 
     async def handle(self, ctx: "RequestContext", call_next: Handler) -> "Reply":
         return await call_next(ctx)
@@ -125,6 +128,8 @@ def _with_befores(befores: list, handler: Handler) -> Handler:
 
     async def run(ctx: "RequestContext") -> "Reply":
         for hook in hooks:
-            hook(ctx)
+            slow = hook(ctx)
+            if slow is not None:
+                await slow
         return await handler(ctx)
     return run

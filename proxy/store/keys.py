@@ -10,6 +10,15 @@ deleted a key (`keys_version`) or the ledger charged a balance (`balance_version
 rebuilt. A revoked or changed key therefore takes effect on every worker within ~0.5 s; a
 balance within ~0.75 s (ledger flush + poll).
 
+A key this process does not know yet (created a moment ago by another worker) is looked up in
+the store before it is refused: `fetch(sha256_hex)` (async, one indexed query; concurrent
+fetches of one key share the query). A key found is remembered only if the store's versions
+were this process's when it was read, so a revocation that raced with the lookup cannot
+linger; the next rebuild replaces it anyway. A key not found is remembered as missing for
+MISSING_TTL seconds (at most MISSING_MAX keys, the oldest forgotten first) and the memory is
+cleared whenever `keys_version` moves, so junk keys cost one query per 10 s each and a new
+key is never refused for having been tried before.
+
 Sync methods (`create`, `list`, `get`, `update`, `revoke`) block: they are for the CLI. HTTP
 handlers use the `a`-prefixed async twins, which also refresh this process's dict at once.
 Callers check what a user gives with `check_fields` first: the one set of rules for a key's
@@ -40,6 +49,8 @@ LABEL_MAX = 256
 _INT_MAX = 2**31 - 1
 _USD_MAX = 1e12
 _EXPIRES_MAX = 253402300800.0   # 10000-01-01T00:00:00Z
+MISSING_TTL = 10.0          # seconds an unknown key is refused without asking the store again
+MISSING_MAX = 10_000        # unknown keys remembered at most
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
@@ -202,6 +213,17 @@ def _load(conn: sqlite3.Connection) -> tuple[dict[str, int], dict[str, dict]]:
     return versions, {r.pop("sha256"): _decode(r) for r in rows}
 
 
+def _find(conn: sqlite3.Connection, sha256_hex: str) -> tuple[dict[str, int], dict | None]:
+    """Versions and the masked record of one key (None if there is none), in one snapshot."""
+    conn.execute("BEGIN")
+    try:
+        versions = read_versions(conn)
+        rows = fetch_dicts(conn, f"SELECT {_PUBLIC} FROM api_keys WHERE sha256 = ?", (sha256_hex,))
+    finally:
+        conn.execute("COMMIT")
+    return versions, (_decode(rows[0]) if rows else None)
+
+
 class KeyStore:
     """Managed keys in `api_keys`, with an in-memory index by sha256 for auth."""
 
@@ -210,6 +232,8 @@ class KeyStore:
         self.poll_interval = poll_interval
         self._by_hash: dict[str, dict] = {}
         self._versions: dict[str, int] = {}
+        self._missing: dict[str, float] = {}    # sha256 -> monotonic time until which it is unknown
+        self._fetching: dict[str, asyncio.Future] = {}
         self._task: asyncio.Task | None = None
 
     # --- auth path -----------------------------------------------------------------------
@@ -217,6 +241,36 @@ class KeyStore:
         """The masked record of the key with this hash, or None. Reads memory only; the caller
         checks `disabled` and `expires_at`. Do not mutate the returned dict."""
         return self._by_hash.get(sha256_hex)
+
+    def known_missing(self, sha256_hex: str) -> bool:
+        """True if the store said lately (MISSING_TTL) that there is no such key."""
+        until = self._missing.get(sha256_hex)
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        del self._missing[sha256_hex]
+        return False
+
+    async def fetch(self, sha256_hex: str) -> dict | None:
+        """The masked record of a key `lookup` did not know, read from the store (None: no such
+        key, remembered as missing). Cancelling the caller does not cancel the shared query."""
+        pending = self._fetching.get(sha256_hex)
+        if pending is None:
+            pending = self._fetching[sha256_hex] = asyncio.ensure_future(self._fetch(sha256_hex))
+            pending.add_done_callback(lambda _: self._fetching.pop(sha256_hex, None))
+        return await asyncio.shield(pending)
+
+    async def _fetch(self, sha256_hex: str) -> dict | None:
+        versions, record = await self.db.run(_find, sha256_hex)
+        if record is not None:
+            if versions == self._versions:     # else a rebuild is due: it will bring the key
+                self._by_hash[sha256_hex] = record
+        elif versions.get("keys_version") == self._versions.get("keys_version"):
+            if len(self._missing) >= MISSING_MAX:
+                del self._missing[next(iter(self._missing))]
+            self._missing[sha256_hex] = time.monotonic() + MISSING_TTL
+        return record
 
     # --- sync, for the CLI ---------------------------------------------------------------
     def create(self, label: str | None = None, allowed_models: list[str] | None = None,
@@ -247,7 +301,12 @@ class KeyStore:
 
     def load(self) -> None:
         """Fill the in-memory index now (blocking)."""
-        self._versions, self._by_hash = self.db.call(_load)
+        self._replace(*self.db.call(_load))
+
+    def _replace(self, versions: dict[str, int], by_hash: dict[str, dict]) -> None:
+        if versions.get("keys_version") != self._versions.get("keys_version"):
+            self._missing.clear()
+        self._versions, self._by_hash = versions, by_hash
 
     # --- async, for HTTP handlers --------------------------------------------------------
     async def acreate(self, label: str | None = None, **fields: Any) -> tuple[dict, str]:
@@ -276,7 +335,7 @@ class KeyStore:
         return result
 
     async def reload(self) -> None:
-        self._versions, self._by_hash = await self.db.run(_load)
+        self._replace(*await self.db.run(_load))
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:

@@ -1,7 +1,7 @@
 """Prometheus metrics, correct with several worker processes.
 
-Each process counts in memory (`observe(row)` per request queues the ledger row; they are
-counted in one pass per snapshot). Every second, if anything changed, it writes a snapshot to
+Each process counts in memory (`observe(row, model)` per request queues the ledger row; they
+are counted in one pass per snapshot). Every second, if anything changed, it writes a snapshot to
 `data_dir/metrics/<pid>.json` (write + atomic rename, in a thread). `render()` / `arender()`
 merges the files of all workers, using this process's live state instead of its own file,
 into Prometheus text format 0.0.4.
@@ -11,6 +11,11 @@ stay monotonic. Every minute a worker folds dead workers' files into `metrics/de
 an flock; the file remembers which (pid, instance) it absorbed, so a crash halfway neither
 loses nor double-counts). Gauges are per-process views (e.g. a target's cooldown state): only
 live workers count, merged by max.
+
+Label values are a bounded set: the `model` label is the route's name (`openai/*` for every
+model a wildcard route forwards, "" for a request refused before it was routed), never the
+name a client sent, and every label value is cut to LABEL_MAX characters. Series with longer
+values, which older versions could write, are dropped when a file is read and compacted away.
 """
 from __future__ import annotations
 
@@ -47,6 +52,10 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "modelway_upstream_errors_total": ("Failed upstream calls (each retry and fallback counts), by "
                                        "provider and error code.", ("provider", "type")),
     "modelway_cache_hits_total": ("Requests answered from the response cache.", ("model",)),
+    "modelway_auth_failures_total": ("Requests refused with 401, by reason (missing_api_key, "
+                                     "invalid_api_key, key_disabled, key_expired).", ("reason",)),
+    "modelway_key_store_lookups_total": ("Key-store lookups of keys a worker did not know yet, by "
+                                         "result (found, missing, error).", ("result",)),
 }
 HISTOGRAMS: dict[str, tuple[str, tuple[str, ...], tuple[float, ...]]] = {
     "modelway_request_latency_seconds": ("Request latency until the last byte.", ("model",),
@@ -55,7 +64,8 @@ HISTOGRAMS: dict[str, tuple[str, tuple[str, ...], tuple[float, ...]]] = {
                               TTFT_BUCKETS),
 }
 # the ledger row's values _fold() groups by, and those it counts, in the order it unpacks them
-_LABELS = operator.itemgetter(*(LEDGER_COLUMNS.index(c) for c in ("model", "provider", "status")))
+_PROVIDER = operator.itemgetter(LEDGER_COLUMNS.index("provider"))
+_STATUS = operator.itemgetter(LEDGER_COLUMNS.index("status"))
 _COUNTED = operator.itemgetter(*(LEDGER_COLUMNS.index(c) for c in (
     "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens", "cost",
     "cache_hit", "latency_ms", "ttft_ms")))
@@ -65,6 +75,7 @@ _TTFT_MS = tuple(round(b * 1000, 6) for b in TTFT_BUCKETS)
 FOLD_AT = 4096       # observed rows waiting to be counted at most
 DEAD_FILE = "dead.json"
 COMPACT_EVERY = 60.0
+LABEL_MAX = 100      # characters of a label value at most
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 
 Labels = tuple  # label values in the metric's label-name order; for gauges, (name, value) pairs
@@ -94,6 +105,7 @@ class Metrics:
         # reasoning tokens, cost, cache hits], the per-request counters (see observe)
         self._requests: dict[tuple, list] = {}
         self._rows: list[tuple] = []     # observed, not yet counted
+        self._models: list[str] = []     # their model labels
         self._hists: dict[str, dict[Labels, list]] = {n: {} for n in HISTOGRAMS}
         self._gauges: dict[str, dict[Labels, float]] = {}
         self._gauge_help: dict[str, str] = {}
@@ -101,12 +113,15 @@ class Metrics:
         self._task: asyncio.Task | None = None
 
     # --- recording (event loop) ----------------------------------------------------------
-    def observe(self, row: tuple) -> None:
+    def observe(self, row: tuple, model: str) -> None:
         """Count one finished request: the ledger row (a tuple in LEDGER_COLUMNS order, not to
-        be changed afterwards). It is queued, and counted with the others in one pass when the
-        next snapshot is taken (every `interval`, and for every /metrics answer), or when
-        FOLD_AT are waiting: one tight loop is cheaper than the same work spread over requests."""
+        be changed afterwards) under the `model` label, the route's name ("" if the request
+        was refused before it was routed). It is queued, and counted with the others in one
+        pass when the next snapshot is taken (every `interval`, and for every /metrics answer),
+        or when FOLD_AT are waiting: one tight loop is cheaper than the same work spread over
+        requests."""
         self._rows.append(row)
+        self._models.append(model)
         if len(self._rows) >= FOLD_AT:
             self._fold()
         self._dirty = True
@@ -116,13 +131,12 @@ class Metrics:
         added up in C (sum, bisect and Counter over the group's transposed values), into one
         list per group, which snapshot() folds into the exported series, and into the
         histograms. Per row this is a few C calls, not a dozen Python statements."""
-        rows, self._rows = self._rows, []
-        for (model, provider, status), group in grouped(list(map(_LABELS, rows)), rows).items():
-            # a request refused before it was routed (no key, a limit, an unknown model) counts
-            # under model="": its model name is the client's, and a label must not be
-            model, provider = (model or "", provider) if provider else ("", "")
+        rows, models, self._rows, self._models = self._rows, self._models, [], []
+        keys = list(zip(models, map(_PROVIDER, rows), map(_STATUS, rows)))
+        for (model, provider, status), group in grouped(keys, rows).items():
+            model = _cap(model or "")
             *sums, latencies, ttfts = zip(*map(_COUNTED, group))
-            labels = (model, provider, status or 0)
+            labels = (model, _cap(provider or ""), status or 0)
             s = self._requests.get(labels)
             if s is None:
                 s = self._requests[labels] = [0, 0, 0, 0, 0, 0, 0.0, 0]
@@ -150,7 +164,7 @@ class Metrics:
 
     def inc(self, name: str, labels: Labels, value: float = 1) -> None:
         """Add to one of COUNTERS; `labels` are the values in its label-name order."""
-        _add(self._counters[name], tuple(labels), value)
+        _add(self._counters[name], tuple(map(_cap, labels)), value)
         self._dirty = True
 
     def set_gauge(self, name: str, labels: dict[str, str], value: float, help: str = "") -> None:
@@ -160,7 +174,7 @@ class Metrics:
                 raise ValueError(f"invalid gauge name {name!r}")
             self._gauges[name] = {}
             self._gauge_help[name] = help or name
-        self._gauges[name][tuple(sorted((str(k), str(v)) for k, v in labels.items()))] = value
+        self._gauges[name][tuple(sorted((str(k), _cap(str(v))) for k, v in labels.items()))] = value
         self._dirty = True
 
     # --- snapshots -----------------------------------------------------------------------
@@ -224,6 +238,16 @@ class Metrics:
         live = self.snapshot()
         return await asyncio.to_thread(lambda: _render(_merge(live, _read_others(self.dir,
                                                                                  self.pid))))
+
+
+def _cap(value: str) -> str:
+    return value if len(value) <= LABEL_MAX else value[:LABEL_MAX]
+
+
+def _sane(labels) -> bool:
+    """A series of a snapshot file whose label values are within LABEL_MAX (older versions
+    labelled by the model name a client sent, of any length)."""
+    return all(len(str(v)) <= LABEL_MAX for v in labels)
 
 
 def _add(series: dict, labels: Labels, value: float) -> None:
@@ -297,7 +321,7 @@ def _compact(mdir: Path, own_pid: int, own_instance: str) -> None:
                 if (snap.get("pid"), snap.get("instance")) not in absorbed:
                     snaps.append(snap)
                     absorbed.add((snap.get("pid"), snap.get("instance")))
-        if not victims:
+        if not victims and _all_sane(dead):
             return
         merged = _merge(None, [(dead, False)] + [(s, False) for s in snaps])
         _write_atomic(mdir / DEAD_FILE, orjson.dumps(_to_snapshot(merged, absorbed)))
@@ -309,6 +333,11 @@ def _compact(mdir: Path, own_pid: int, own_instance: str) -> None:
             _write_atomic(mdir / DEAD_FILE, orjson.dumps(_to_snapshot(merged, kept)))
 
 
+def _all_sane(snap: dict) -> bool:
+    return all(_sane(labels) for kind in ("counters", "histograms")
+               for samples in snap.get(kind, {}).values() for labels, _ in samples)
+
+
 def _merge(live: dict | None, others: list[tuple[dict, bool]]) -> dict:
     """{"counters": {name: {labels: v}}, "histograms": {name: {labels: [..]}},
     "gauges": {name: {labels: v}}, "gauge_help": {name: str}}"""
@@ -318,10 +347,13 @@ def _merge(live: dict | None, others: list[tuple[dict, bool]]) -> dict:
         for name, samples in snap.get("counters", {}).items():
             series = out["counters"].setdefault(name, {})
             for labels, value in samples:
-                _add(series, tuple(labels), value)
+                if _sane(labels):
+                    _add(series, tuple(labels), value)
         for name, samples in snap.get("histograms", {}).items():
             series = out["histograms"].setdefault(name, {})
             for labels, h in samples:
+                if not _sane(labels):
+                    continue
                 key = tuple(labels)
                 cur = series.get(key)
                 if cur is None:
@@ -334,6 +366,8 @@ def _merge(live: dict | None, others: list[tuple[dict, bool]]) -> dict:
             out["gauge_help"][name] = g["help"]
             series = out["gauges"].setdefault(name, {})
             for pairs, value in g["samples"]:
+                if not _sane(v for _, v in pairs):
+                    continue
                 key = tuple(tuple(p) for p in pairs)
                 series[key] = max(series.get(key, value), value)
     return out

@@ -2,14 +2,16 @@
 allowed_models (globs) are 403 and not listed; `auth: {mode: none}`; management keys."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 import anthropic
 import openai
 import pytest
 
+from tests.core.conftest import log_lines  # noqa: F401  (the gateway's log output, a fixture)
 from tests.middlewares.helpers import (APP, CHAT, OPS, UNKNOWN, assert_envelope, assert_sdk_error, call,
-                                       chat_body, key, routes, row_for, wait_ledger)
+                                       chat_body, key, read_ledger, routes, row_for, wait_ledger)
 
 HI = [{"role": "user", "content": "hi"}]
 LIMITED = "sk-mw-limited-0123456789abcdef"
@@ -154,14 +156,15 @@ async def test_management_key_may_call_every_model(keyed, data_dir):
     assert {m.id for m in (await keyed.client(OPS).models.list()).data} >= {"gpt-4o", "mock-echo"}
 
 
-async def test_refused_requests_are_in_the_ledger_without_a_key(keyed, data_dir):
-    with pytest.raises(openai.AuthenticationError) as exc:
+async def test_a_401_has_no_ledger_row_a_403_has_one_with_its_key(keyed, data_dir):
+    """A 401 has no key to charge: it is counted (modelway_auth_failures_total), not stored."""
+    with pytest.raises(openai.AuthenticationError) as refused:
         await keyed.client(UNKNOWN).chat.completions.create(model="gpt-4o-mini", messages=HI)
-    row = await row_for(data_dir, exc.value.request_id)
-    # the key is checked before the body is read: the row has no model, as the body was never read
-    assert (row["status"], row["error_type"], row["key_id"], row["model"]) == \
-        (401, "authentication_error", None, None)
-    assert row["prompt_tokens"] == 0 and row["cost"] == 0
+    with pytest.raises(openai.PermissionDeniedError) as forbidden:
+        await keyed.client(LIMITED).chat.completions.create(model="gpt-4o", messages=HI)
+    row = await row_for(data_dir, forbidden.value.request_id)
+    assert (row["status"], row["error_type"], row["key_id"]) == (403, "permission_error", "static:limited")
+    assert await wait_ledger(data_dir, 0, "WHERE request_id = ?", (refused.value.request_id,), settle=0.3) == []
 
 
 @pytest.mark.parametrize("body", [b'{"model": "gpt-4o-mini", "messages": []}', b"not json", b""])
@@ -193,3 +196,21 @@ async def test_auth_is_on_by_default(upstream, make_gateway, http):
     gw = await make_gateway(routes(upstream.url))           # no `auth:` section
     assert_envelope(await call(http, "POST", gw.url + CHAT, body=chat_body("mock-echo")), 401,
                     "authentication_error")
+
+
+async def test_401s_are_counted_and_logged_at_most_once_a_second(keyed, http, log_lines, data_dir):
+    """A flood of junk keys: no ledger row, one access line a second carrying how many were left out."""
+    refused = [await call(http, "POST", keyed.url + CHAT, f"sk-junk-{i}", chat_body("mock-echo")) for i in range(25)]
+    assert {r[0] for r in refused} == {401}
+    lines = [e for e in log_lines.events("request") if e["status"] == 401]
+    assert len(lines) == 1 and lines[0]["suppressed_401"] == 0
+    assert lines[0]["request_id"] == refused[0][1]["x-request-id"] and lines[0]["error"] == "invalid_api_key"
+    await asyncio.sleep(1.05)     # the next second: the next 401 is logged, with the count left out
+    last = await call(http, "POST", keyed.url + CHAT, None, chat_body("mock-echo"))
+    lines = [e for e in log_lines.events("request") if e["status"] == 401]
+    assert len(lines) == 2 and lines[1]["suppressed_401"] == 24 and lines[1]["error"] == "missing_api_key"
+    assert lines[1]["request_id"] == last[1]["x-request-id"]
+    ok = await call(http, "POST", keyed.url + CHAT, APP, chat_body("mock-echo"))
+    assert any(e["request_id"] == ok[1]["x-request-id"] for e in log_lines.events("request"))
+    await row_for(data_dir, ok[1]["x-request-id"])
+    assert [r["status"] for r in read_ledger(data_dir)] == [200]
