@@ -73,10 +73,16 @@ async def readyz(request: web.Request) -> web.Response:
     gw: Gateway = request.app[GATEWAY]
     state = gw.state
     writable = os.access(gw.data_dir, os.W_OK)
-    ready = state is not None and writable and not gw.draining
+    ledger = gw.ledger.health()
+    ready = state is not None and writable and not gw.draining and ledger["writable"]
     body = {"status": "ready" if ready else "not_ready", "config_version": state.config.version if state else None,
             "loaded_at": state.loaded_at if state else None, "data_dir_writable": writable,
-            "draining": gw.draining, "disabled_providers": dict(state.disabled) if state else {}}
+            "draining": gw.draining, "disabled_providers": dict(state.disabled) if state else {},
+            "ledger": ledger}
+    if not ready:
+        body["reason"] = ("not started" if state is None else "draining" if gw.draining
+                          else "data_dir is not writable" if not writable
+                          else f"ledger cannot write: {ledger['error']}")
     return web.Response(body=orjson.dumps(body), status=200 if ready else 503, content_type="application/json")
 
 

@@ -105,7 +105,7 @@ def cmd_usage(args) -> int:
     from proxy.errors import GatewayError
     from proxy.store.db import db_path
     from proxy.store.keys import usd
-    from proxy.store.ledger import format_usage_table, usage_report
+    from proxy.store.usage import format_usage_table, usage_report
     try:
         since, until = parse_time(args.since, "since"), parse_time(args.until, "until")
     except GatewayError as exc:

@@ -155,6 +155,11 @@ class ResponsesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    retention_days: int | None = 90      # whole UTC days of rows kept before today; None: all
+
+
+@dataclass(frozen=True, slots=True)
 class MiddlewareSpec:
     name: str
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
@@ -175,6 +180,7 @@ class Config:
     auth_mode: str = "keys"
     warnings: tuple[str, ...] = ()
     responses: ResponsesConfig = ResponsesConfig()
+    ledger: LedgerConfig = LedgerConfig()
 
 
 # --- reading --------------------------------------------------------------------------

@@ -6,9 +6,9 @@ import re
 from types import MappingProxyType
 
 from proxy.config import (BOOL, BUILTIN_MIDDLEWARES, CAPABILITIES, COUNT, DEFAULT_MIDDLEWARES, INT, LIST,
-                          MAP, MONEY, NUM, POSITIVE, RETRY_ON, STR, CacheConfig, Config, MiddlewareSpec,
-                          ModelRoute, Pricing, Preset, ProviderConfig, ResponsesConfig, ServerConfig, StaticKey, Target,
-                          Timeouts, _Reader)
+                          MAP, MONEY, NUM, POSITIVE, RETRY_ON, STR, CacheConfig, Config, LedgerConfig,
+                          MiddlewareSpec, ModelRoute, Pricing, Preset, ProviderConfig, ResponsesConfig,
+                          ServerConfig, StaticKey, Target, Timeouts, _Reader)
 from proxy.errors import GatewayError
 from proxy.routing import RouteTable, resolve
 from proxy.yamlsrc import interpolate, path_str
@@ -16,7 +16,7 @@ from proxy.yamlsrc import interpolate, path_str
 TOP = {"server": (MAP, None), "middlewares": (LIST, None), "providers": (MAP, None),
        "models": (MAP, None), "presets": (MAP, None), "keys": (LIST, None),
        "management_keys": (LIST, None), "cache": (MAP, None), "auth": (MAP, None),
-       "responses": (MAP, None)}
+       "responses": (MAP, None), "ledger": (MAP, None)}
 SERVER = {"host": (STR, "127.0.0.1"), "port": (INT, 8080), "workers": (INT, 1), "data_dir": (STR, "./var"),
           "max_body_mb": (NUM, 32.0), "max_json_depth": (INT, 64), "drain_seconds": (NUM, 30.0),
           "watch_config": (BOOL, False), "body_timeout": (NUM, 30.0)}
@@ -40,6 +40,7 @@ CACHE = {"enabled": (BOOL, False), "ttl": (POSITIVE, 3600.0), "size_limit_mb": (
          "shared": (BOOL, False)}
 AUTH = {"mode": (STR, "keys")}
 RESPONSES = {"retention_days": (POSITIVE, 30.0)}
+LEDGER = {"retention_days": (COUNT, 90, True)}
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
@@ -63,7 +64,8 @@ def build(r: _Reader, data, filename: str, version: str) -> Config:
         presets=MappingProxyType(presets), keys=tuple(keys), management_keys=tuple(management_keys),
         cache=CacheConfig(**(r.fields(top["cache"] or {}, ("cache",), CACHE) or {})),
         auth_mode=_auth_mode(r, top["auth"]), warnings=tuple(warnings),
-        responses=ResponsesConfig(**(r.fields(top["responses"] or {}, ("responses",), RESPONSES) or {})))
+        responses=ResponsesConfig(**(r.fields(top["responses"] or {}, ("responses",), RESPONSES) or {})),
+        ledger=LedgerConfig(**(r.fields(top["ledger"] or {}, ("ledger",), LEDGER) or {})))
 
 
 def _auth_mode(r: _Reader, value) -> str:

@@ -109,6 +109,7 @@ class Gateway:
                     log.error("reload_failed", problem=line, pid=os.getpid())
                 return False
             old, self.state, self.config = self.state, state, config
+            self.ledger.pruner.retention_days = config.ledger.retention_days
             for warning in config.warnings:
                 log.warning("config_warning", message=warning)
             log.info("config_reloaded", version=config.version, models=len(config.models), pid=os.getpid())
@@ -138,11 +139,11 @@ class Gateway:
         from proxy.store.metrics import Metrics
         from proxy.store.responses import SQLiteResponses
         self.db = Database(self.data_dir)
-        self.ledger = LedgerWriter(self.db)
+        self.metrics = Metrics(self.data_dir)
+        self.ledger = LedgerWriter(self.db, metrics=self.metrics, retention_days=self.config.ledger.retention_days)
         self.keys = KeyStore(self.db)
         self.responses = SQLiteResponses(self.db)
         self.counters = SharedCounters.in_dir(self.data_dir)
-        self.metrics = Metrics(self.data_dir)
         self.response_cache = ResponseCache(os.path.join(self.data_dir, "cache"), self.config.cache.size_limit_mb)
         await self.ledger.start()
         await self.keys.start()

@@ -1,7 +1,8 @@
 """Embedded storage under `server.data_dir`, safe for several worker processes of one machine.
 
 - `db`: the SQLite file (`modelway.db`, WAL) and the one thread each process queries it from.
-- `ledger`: batched accounting rows and the account API's read queries.
+- `ledger`: batched accounting rows, their health, and the account API's reads (`usage`),
+  with retention folding old rows into daily rollups (`retention`).
 - `keys`: managed API keys, hashed, with an in-memory index refreshed across processes.
 - `counters`: per-key minute counts, daily spend and in-flight requests in an mmap'd file.
 - `metrics`: Prometheus counters and histograms merged over worker processes.
@@ -9,7 +10,8 @@
 from proxy.store.counters import SharedCounters
 from proxy.store.db import Database
 from proxy.store.keys import KeyStore, hash_secret
-from proxy.store.ledger import LedgerWriter, format_usage_table, usage_report
+from proxy.store.ledger import LedgerWriter
+from proxy.store.usage import format_usage_table, usage_report
 from proxy.store.metrics import Metrics
 
 __all__ = ["Database", "KeyStore", "LedgerWriter", "Metrics", "SharedCounters",

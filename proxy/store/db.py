@@ -7,7 +7,8 @@ the one worker thread every query of a process runs in.
 connection is never used from two threads at once. Several worker processes share the file;
 WAL mode plus a 5 s busy timeout lets their writers queue instead of failing.
 
-Besides `ledger` and `api_keys` the schema holds `meta (k, v)`: integer versions bumped in the
+Besides `ledger`, its daily rollups `ledger_daily` (rows older than the retention, folded per
+UTC day, key and model; see retention.py) and `api_keys` the schema holds `meta (k, v)`: integer versions bumped in the
 same transaction as the change they announce (`keys_version` on key create/update/delete,
 `balance_version` when the ledger charges managed keys), so other processes notice a change
 with one tiny query.
@@ -64,6 +65,23 @@ CREATE TABLE IF NOT EXISTS ledger (
 );
 CREATE INDEX IF NOT EXISTS ledger_key_time ON ledger (key_id, created_at);
 CREATE INDEX IF NOT EXISTS ledger_time ON ledger (created_at);
+
+CREATE TABLE IF NOT EXISTS ledger_daily (
+    day TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    key_label TEXT,
+    requests INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL,
+    cost REAL NOT NULL,
+    cache_hits INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    PRIMARY KEY (day, key_id, model)
+) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,

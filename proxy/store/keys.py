@@ -39,7 +39,7 @@ import structlog
 
 from proxy.errors import InvalidRequest
 from proxy.store.db import Database, bump_version, fetch_dicts, read_versions, stop_task, transaction
-from proxy.store.ledger import utc_day_start
+from proxy.store.usage import utc_day_start
 
 log = structlog.get_logger(__name__)
 

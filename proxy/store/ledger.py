@@ -34,13 +34,17 @@ from typing import Any, Callable
 
 import structlog
 
-from proxy.store.db import (LEDGER_COLUMNS, NONE_NUMBER, NONE_TEXT, bump_version, connect, Database,
-                             fetch_dicts, grouped, insert_rows, stop_task, transaction)
+from proxy.errors import Unavailable
+from proxy.store.db import (LEDGER_COLUMNS, NONE_NUMBER, NONE_TEXT, bump_version, Database, grouped,
+                            insert_rows, stop_task, transaction)
+from proxy.store.retention import Pruner
+from proxy.store.usage import (GROUPS, format_usage_table, query_activity, query_analytics, query_balance,
+                               query_spend, usage_report, utc_day_start)
 
 log = structlog.get_logger(__name__)
 
-GROUPS = ("day", "model", "key")
-_BOOL_COLUMNS = ("stream", "cache_hit", "partial")
+__all__ = ["LedgerWriter", "format_usage_table", "row_values", "usage_report", "utc_day_start", "write_batch"]
+UNWRITABLE_AFTER = 3.0     # seconds of failed writes before /readyz reports the ledger
 _WIDTH = len(LEDGER_COLUMNS)
 _KEY_ID, _REQUEST_ID = (LEDGER_COLUMNS.index(c) for c in ("key_id", "request_id"))
 _INSERT = f"INSERT INTO ledger ({', '.join(LEDGER_COLUMNS)}) VALUES "
@@ -190,100 +194,36 @@ def _charge(conn: sqlite3.Connection, rows: list[tuple], last: int) -> None:
         bump_version(conn, "balance_version")
 
 
-def utc_day_start(now: float | None = None) -> float:
-    now = time.time() if now is None else now
-    return now - now % 86400
-
-
-def _where(key_id: str | None, since: float | None, until: float | None) -> tuple[str, list]:
-    clauses, params = [], []
-    if key_id is not None:
-        clauses.append("key_id = ?")
-        params.append(key_id)
-    if since is not None:
-        clauses.append("created_at >= ?")
-        params.append(since)
-    if until is not None:
-        clauses.append("created_at < ?")
-        params.append(until)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
-
-
-def _bools(rows: list[dict]) -> list[dict]:
-    for r in rows:
-        for c in _BOOL_COLUMNS:
-            r[c] = bool(r[c])
-    return rows
-
-
-def query_activity(conn: sqlite3.Connection, key_id: str | None, limit: int, offset: int,
-                   since: float | None, until: float | None = None) -> list[dict]:
-    where, params = _where(key_id, since, until)
-    sql = (f"SELECT id, {', '.join(LEDGER_COLUMNS)} FROM ledger{where} "
-           "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?")
-    return _bools(fetch_dicts(conn, sql, [*params, limit, offset]))
-
-
-_GROUP_SQL = {
-    "day": ("strftime('%Y-%m-%d', created_at, 'unixepoch') AS day", "day ASC"),
-    "model": ("coalesce(model, '') AS model", "cost DESC, model ASC"),
-    "key": ("key_id, max(key_label) AS key_label", "cost DESC, key_id ASC"),
-}
-_AGGREGATES = """count(*) AS requests,
-    coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
-    coalesce(sum(completion_tokens), 0) AS completion_tokens,
-    coalesce(sum(cached_tokens), 0) AS cached_tokens,
-    coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens,
-    coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
-    coalesce(sum(cost), 0.0) AS cost,
-    coalesce(sum(cache_hit), 0) AS cache_hits,
-    coalesce(sum(CASE WHEN status >= 400 OR error_type IS NOT NULL THEN 1 ELSE 0 END), 0)
-        AS errors"""
-
-
-def query_analytics(conn: sqlite3.Connection, key_id: str | None, group_by: str,
-                    since: float | None, until: float | None) -> list[dict]:
-    if group_by not in _GROUP_SQL:
-        raise ValueError(f"group_by must be one of {', '.join(GROUPS)}, not {group_by!r}")
-    select, order = _GROUP_SQL[group_by]
-    where, params = _where(key_id, since, until)
-    sql = f"SELECT {select}, {_AGGREGATES} FROM ledger{where} GROUP BY 1 ORDER BY {order}"
-    return fetch_dicts(conn, sql, params)
-
-
-def query_spend(conn: sqlite3.Connection, key_id: str | None, since: float | None) -> float:
-    where, params = _where(key_id, since, None)
-    return conn.execute(f"SELECT coalesce(sum(cost), 0.0) FROM ledger{where}", params).fetchone()[0]
-
-
-def query_balance(conn: sqlite3.Connection, key_id: str | None, now: float | None) -> dict:
-    where, params = _where(key_id, None, None)
-    requests, total = conn.execute(
-        f"SELECT count(*), coalesce(sum(cost), 0.0) FROM ledger{where}", params).fetchone()
-    balance = None
-    if key_id is not None:
-        found = conn.execute("SELECT balance FROM api_keys WHERE id = ?", (key_id,)).fetchone()
-        balance = found[0] if found else None
-    return {"key_id": key_id, "balance": balance, "total_spent": total,
-            "spent_today": query_spend(conn, key_id, utc_day_start(now)), "requests": requests}
-
-
 class LedgerWriter:
-    """Batched, non-blocking ledger writes plus the read queries of the account API.
+    """Batched, non-blocking ledger writes, their health, retention, and the read queries of
+    the account API.
 
     Usage: `await start()` once, `record(row)` per request, `await close()` at shutdown.
-    Read helpers flush pending rows first, so a caller reads its own writes.
+    Read helpers flush pending rows first, so a caller reads its own writes; when the ledger
+    cannot be written or read they raise Unavailable (503 `ledger_unavailable`).
+
+    Health: a failed flush keeps its rows queued (at most `max_pending`: beyond, the oldest are
+    dropped, logged and counted) and is retried every interval; after UNWRITABLE_AFTER seconds
+    of failures without a success `health()` says the ledger cannot write, with the error, and
+    /readyz turns 503. With `metrics`, it counts `modelway_ledger_write_failures_total` and
+    `modelway_ledger_rows_dropped_total` and sets `modelway_ledger_queue_depth`.
     """
 
-    def __init__(self, db: Database, *, interval: float = 0.25,
-                 max_pending: int = 100_000) -> None:
+    def __init__(self, db: Database, *, interval: float = 0.25, max_pending: int = 100_000,
+                 metrics=None, retention_days: int | None = None) -> None:
         self.db = db
         self.interval = interval
         self.max_pending = max_pending
+        self.metrics = metrics
+        self.pruner = Pruner(db, retention_days)
         self._pending: list[tuple] = []
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
+        self._prune_task: asyncio.Task | None = None
         self._inflight: asyncio.Future | None = None
+        self._failing_since: float | None = None    # monotonic time of the first failure in a row
+        self._error: str | None = None
+        self._depth = -1                            # the queue depth last published
 
     @property
     def pending(self) -> int:
@@ -293,10 +233,22 @@ class LedgerWriter:
         """Queue one ledger row (LEDGER_COLUMNS order). O(1); never blocks, never raises."""
         self._pending.append(values)
 
+    def health(self) -> dict:
+        """{writable, queued, error}: writable is False after UNWRITABLE_AFTER seconds of
+        failed writes; error is the last failure's while they go on, else None."""
+        since = self._failing_since
+        writable = since is None or time.monotonic() - since < UNWRITABLE_AFTER
+        return {"writable": writable, "queued": len(self._pending), "error": self._error}
+
     async def start(self) -> None:
         await self.db.open()
+        if self.metrics is not None:        # the series exist from the start, at 0
+            self.metrics.inc("modelway_ledger_write_failures_total", (), 0)
+            self.metrics.inc("modelway_ledger_rows_dropped_total", (), 0)
+            self._publish()
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="ledger-flush")
+            self._prune_task = asyncio.create_task(self.pruner.run(), name="ledger-prune")
 
     async def _run(self) -> None:
         while True:
@@ -305,7 +257,15 @@ class LedgerWriter:
                 try:
                     await self.flush()
                 except Exception:
-                    continue  # logged and requeued by _requeue_on_failure
+                    pass  # logged, counted and requeued by _requeue_on_failure; retried next beat
+            self._publish()
+
+    def _publish(self) -> None:
+        depth = len(self._pending)
+        if self.metrics is not None and depth != self._depth:
+            self._depth = depth
+            self.metrics.set_gauge("modelway_ledger_queue_depth", {}, depth,
+                                   "Ledger rows waiting to be written by this worker (max over workers).")
 
     async def flush(self) -> None:
         """Write every queued row now. On failure the rows stay queued and the error is raised.
@@ -322,18 +282,27 @@ class LedgerWriter:
     def _requeue_on_failure(self, batch: list[tuple], write: asyncio.Future) -> None:
         exc = write.exception() if not write.cancelled() else asyncio.CancelledError()
         if exc is None:
+            self._failing_since = self._error = None
             return
+        self._error = f"{type(exc).__name__}: {exc}"
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
         log.error("ledger_flush_failed", rows=len(batch), error=repr(exc))
         self._pending[:0] = batch
         excess = len(self._pending) - self.max_pending
         if excess > 0:
             del self._pending[:excess]
             log.error("ledger_rows_dropped", rows=excess)
+        if self.metrics is not None:
+            self.metrics.inc("modelway_ledger_write_failures_total", ())
+            if excess > 0:
+                self.metrics.inc("modelway_ledger_rows_dropped_total", (), excess)
 
     async def close(self) -> None:
-        """Stop the flush task and write what is left. Idempotent."""
+        """Stop the background tasks and write what is left. Idempotent."""
+        await stop_task(self._prune_task)
         await stop_task(self._task)
-        self._task = None
+        self._task = self._prune_task = None
         if self._inflight is not None:
             await asyncio.wait([self._inflight])
             self._inflight = None
@@ -342,64 +311,35 @@ class LedgerWriter:
         except Exception:
             log.error("ledger_rows_lost", rows=len(self._pending))
 
+    async def _read(self, query, *args):
+        """Flush, then run a read query; Unavailable if either fails."""
+        try:
+            await self.flush()
+            return await self.db.run(query, *args)
+        except (sqlite3.Error, OSError) as exc:
+            log.error("ledger_read_failed", error=f"{type(exc).__name__}: {exc}")
+            raise Unavailable("The ledger cannot be read or written right now; try again later (the "
+                              "gateway's /readyz and logs say why).", code="ledger_unavailable") from exc
+
     async def activity(self, key_id: str | None = None, limit: int = 50, offset: int = 0,
                        since: float | None = None, until: float | None = None) -> list[dict]:
         """Ledger rows, newest first (all columns plus `id`; stream/cache_hit/partial as bool)."""
-        await self.flush()
-        return await self.db.run(query_activity, key_id, limit, offset, since, until)
+        return await self._read(query_activity, key_id, limit, offset, since, until)
 
     async def analytics(self, key_id: str | None = None, group_by: str = "day",
                         since: float | None = None, until: float | None = None) -> list[dict]:
         """Aggregates per `day` ("YYYY-MM-DD" UTC), `model` or `key` (key_id, key_label):
         requests, prompt/completion/cached/cache_write/reasoning _tokens, cost, cache_hits,
-        errors (status >= 400 or an error_type)."""
+        errors (status >= 400 or an error_type), over rows and daily rollups."""
         if group_by not in GROUPS:
             raise ValueError(f"group_by must be one of {', '.join(GROUPS)}, not {group_by!r}")
-        await self.flush()
-        return await self.db.run(query_analytics, key_id, group_by, since, until)
+        return await self._read(query_analytics, key_id, group_by, since, until)
 
     async def balance(self, key_id: str | None = None, now: float | None = None) -> dict:
         """{key_id, balance (managed key's remaining USD, None if unlimited/static/all keys),
-        total_spent, spent_today, requests}."""
-        await self.flush()
-        return await self.db.run(query_balance, key_id, now)
+        total_spent, spent_today, requests} (rollups of pruned days included)."""
+        return await self._read(query_balance, key_id, now)
 
     async def spend_today(self, key_id: str | None, now: float | None = None) -> float:
         """USD recorded for the key since 00:00 UTC (None: all keys)."""
-        await self.flush()
-        return await self.db.run(query_spend, key_id, utc_day_start(now))
-
-
-def usage_report(db_path: str | Path, by: str = "model", since: float | None = None,
-                 until: float | None = None, key_id: str | None = None) -> list[dict]:
-    """`analytics` for the CLI: opens its own connection, blocking."""
-    conn = connect(db_path)
-    try:
-        return query_analytics(conn, key_id, by, since, until)
-    finally:
-        conn.close()
-
-
-_REPORT_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens",
-                   "reasoning_tokens", "cost", "cache_hits", "errors")
-
-
-def format_usage_table(rows: list[dict], by: str = "model") -> str:
-    """Plain-text table of `usage_report` rows, with a total line."""
-    first = {"day": "day", "model": "model", "key": "key_id"}[by]
-    header = (first, *_REPORT_COLUMNS)
-    totals = {c: sum(r[c] for r in rows) for c in _REPORT_COLUMNS}
-
-    def cells(name: Any, r: dict) -> list[str]:
-        return [str(name)] + [f"{r[c]:.6f}" if c == "cost" else str(r[c])
-                              for c in _REPORT_COLUMNS]
-
-    body = [cells(r[first] if r[first] is not None else "-", r) for r in rows]
-    body.append(cells("TOTAL", totals))
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w)
-                       for i, (h, w) in enumerate(zip(header, widths)))]
-    for b in body:
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(b, widths))))
-    return "\n".join(lines)
+        return await self._read(query_spend, key_id, utc_day_start(now))

@@ -54,6 +54,9 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "modelway_cache_hits_total": ("Requests answered from the response cache.", ("model",)),
     "modelway_auth_failures_total": ("Requests refused with 401, by reason (missing_api_key, "
                                      "invalid_api_key, key_disabled, key_expired).", ("reason",)),
+    "modelway_ledger_write_failures_total": ("Failed ledger writes (each retried batch counts).", ()),
+    "modelway_ledger_rows_dropped_total": ("Ledger rows dropped because the queue of unwritten rows was "
+                                           "full.", ()),
     "modelway_key_store_lookups_total": ("Key-store lookups of keys a worker did not know yet, by "
                                          "result (found, missing, error).", ("result",)),
 }
