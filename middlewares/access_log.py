@@ -13,6 +13,7 @@ from proxy.context import round_ms
 from proxy.pipeline import Middleware
 
 SAMPLE_401_SECONDS = 1.0
+NAME_MAX = 256   # characters of a model name logged (a client may send 100 KB ones)
 
 
 class AccessLog(Middleware):
@@ -26,10 +27,11 @@ class AccessLog(Middleware):
         u = ctx.usage
         key = ctx.key
         request = ctx.request
+        model, upstream = ctx.requested_model, ctx.upstream_model
         record = {
             "event": "request", "request_id": ctx.request_id, "method": request.method, "path": request.path,
-            "endpoint": ctx.endpoint, "key": key.label if key else None, "model": ctx.requested_model,
-            "preset": ctx.preset, "provider": ctx.provider, "upstream_model": ctx.upstream_model,
+            "endpoint": ctx.endpoint, "key": key.label if key else None, "model": model and model[:NAME_MAX],
+            "preset": ctx.preset, "provider": ctx.provider, "upstream_model": upstream and upstream[:NAME_MAX],
             "status": ctx.status, "error": ctx.error_code, "stream": ctx.stream,
             "latency_ms": round_ms(ctx.latency_ms, 100),
             "ttft_ms": round_ms(ctx.ttft_ms, 100) if ctx.ttft_ms is not None else None,

@@ -9,6 +9,8 @@ from proxy.context import INFERENCE_ENDPOINTS
 from proxy.pipeline import Middleware
 from proxy.store.db import NONE_NUMBER, NONE_TEXT
 
+NAME_MAX = 256   # characters of a model name kept in a row (a client may send 100 KB ones)
+
 
 def ledger_row(ctx) -> tuple:
     """The request's ledger row: values in LEDGER_COLUMNS order, flags as 0/1 and missing
@@ -19,8 +21,8 @@ def ledger_row(ctx) -> tuple:
     ttft = ctx.ttft_ms
     return (
         ctx.created, ctx.request_id, key.id if key else NONE_TEXT, key.label if key else NONE_TEXT,
-        match.public_model if match else ctx.model or NONE_TEXT, ctx.preset or NONE_TEXT,
-        ctx.provider or NONE_TEXT, ctx.upstream_model or NONE_TEXT, ctx.endpoint, ctx.status,
+        (match.public_model if match else ctx.model or NONE_TEXT)[:NAME_MAX], ctx.preset or NONE_TEXT,
+        ctx.provider or NONE_TEXT, (ctx.upstream_model or NONE_TEXT)[:NAME_MAX], ctx.endpoint, ctx.status,
         ctx.error_type or NONE_TEXT, 1 if ctx.stream else 0, 1 if ctx.cache_hit else 0,
         u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.cache_write_tokens, u.reasoning_tokens,
         # durations to 1 µs, as round_ms(ms, 1000) does (inline: a call per value costs more)

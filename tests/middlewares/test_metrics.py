@@ -83,6 +83,9 @@ async def test_clients_cannot_add_series_with_model_names(upstream, make_gateway
     m = parse_prometheus(text)
     assert metric(m, "modelway_requests_total", model="up/*", status="502") == 33
     assert metric(m, "modelway_requests_total", model="", status="404") == 33
+    rows = await wait_ledger(data_dir, 66)     # the ledger keeps a model name's first 256 characters
+    assert {len(r["model"]) for r in rows} == {256}
+    assert sum(len(r["upstream_model"] or "") for r in rows) < 66 * 300
     await gw.gateway.metrics.close()          # the snapshot file on disk is as small
     assert sum(p.stat().st_size for p in (data_dir / "metrics").glob("*.json")) < 50_000
 
