@@ -5,7 +5,8 @@
   with retention folding old rows into daily rollups (`retention`).
 - `keys`: managed API keys, hashed, with an in-memory index refreshed across processes.
 - `counters`: per-key minute counts, daily spend and in-flight requests in an mmap'd file.
-- `metrics`: Prometheus counters and histograms merged over worker processes.
+- `metrics`: Prometheus counters and histograms merged over worker processes (their snapshot
+  files: `metrics_files`).
 """
 from proxy.store.counters import SharedCounters
 from proxy.store.db import Database

@@ -29,7 +29,6 @@ import functools
 import sqlite3
 import time
 from operator import itemgetter
-from pathlib import Path
 from typing import Any, Callable
 
 import structlog

@@ -3,8 +3,8 @@
 Each process counts in memory (`observe(row, model)` per request queues the ledger row; they
 are counted in one pass per snapshot). Every second, if anything changed, it writes a snapshot to
 `data_dir/metrics/<pid>.json` (write + atomic rename, in a thread). `render()` / `arender()`
-merges the files of all workers, using this process's live state instead of its own file,
-into Prometheus text format 0.0.4.
+merges the files of all workers (proxy.store.metrics_files), using this process's live state
+instead of its own file, into Prometheus text format 0.0.4.
 
 Counters and histograms are summed over all files, including those of dead workers, so totals
 stay monotonic. Every minute a worker folds dead workers' files into `metrics/dead.json` (under
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import fcntl
 import operator
 import os
 import re
@@ -36,6 +35,10 @@ import orjson
 import structlog
 
 from proxy.store.db import LEDGER_COLUMNS, NONE_NUMBER, grouped, stop_task
+from proxy.store.metrics_files import (LABEL_MAX, add, compact, merge, read_others, write_atomic,
+                                       live_gauge)
+
+__all__ = ["COUNTERS", "HISTOGRAMS", "LABEL_MAX", "Metrics", "live_gauge"]
 
 log = structlog.get_logger(__name__)
 
@@ -76,22 +79,10 @@ _COUNTED = operator.itemgetter(*(LEDGER_COLUMNS.index(c) for c in (
 _LATENCY_MS = tuple(round(b * 1000, 6) for b in LATENCY_BUCKETS)
 _TTFT_MS = tuple(round(b * 1000, 6) for b in TTFT_BUCKETS)
 FOLD_AT = 4096       # observed rows waiting to be counted at most
-DEAD_FILE = "dead.json"
 COMPACT_EVERY = 60.0
-LABEL_MAX = 100      # characters of a label value at most
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 
 Labels = tuple  # label values in the metric's label-name order; for gauges, (name, value) pairs
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Metrics:
@@ -155,19 +146,19 @@ class Metrics:
         requests, tokens = out["modelway_requests_total"], out["modelway_tokens_total"]
         cost, hits = out["modelway_cost_usd_total"], out["modelway_cache_hits_total"]
         for (model, provider, status), s in self._requests.items():
-            _add(requests, (model, provider, str(status)), s[0])
+            add(requests, (model, provider, str(status)), s[0])
             for i, kind in enumerate(TOKEN_KINDS, 1):
                 if s[i]:
-                    _add(tokens, (model, kind), s[i])
+                    add(tokens, (model, kind), s[i])
             if s[6]:
-                _add(cost, (model,), s[6])
+                add(cost, (model,), s[6])
             if s[7]:
-                _add(hits, (model,), s[7])
+                add(hits, (model,), s[7])
         return out
 
     def inc(self, name: str, labels: Labels, value: float = 1) -> None:
         """Add to one of COUNTERS; `labels` are the values in its label-name order."""
-        _add(self._counters[name], tuple(map(_cap, labels)), value)
+        add(self._counters[name], tuple(map(_cap, labels)), value)
         self._dirty = True
 
     def set_gauge(self, name: str, labels: dict[str, str], value: float, help: str = "") -> None:
@@ -198,14 +189,14 @@ class Metrics:
     def write_snapshot(self) -> None:
         """Write `metrics/<pid>.json` now (blocking)."""
         if self.dir is not None:
-            _write_atomic(self.dir / f"{self.pid}.json", orjson.dumps(self.snapshot()))
+            write_atomic(self.dir / f"{self.pid}.json", orjson.dumps(self.snapshot()))
             self._dirty = False
 
     async def start(self) -> None:
         """Absorb a stale file left under our pid, then write snapshots every `interval`."""
         if self.dir is None or self._task is not None:
             return
-        await asyncio.to_thread(_compact, self.dir, self.pid, self.instance)
+        await asyncio.to_thread(compact, self.dir, self.pid, self.instance)
         self._task = asyncio.create_task(self._run(), name="metrics-snapshot")
 
     async def _run(self) -> None:
@@ -216,10 +207,10 @@ class Metrics:
                 if self._dirty:
                     self._dirty = False
                     data = orjson.dumps(self.snapshot())
-                    await asyncio.to_thread(_write_atomic, self.dir / f"{self.pid}.json", data)
+                    await asyncio.to_thread(write_atomic, self.dir / f"{self.pid}.json", data)
                 if time.monotonic() - last_compact > COMPACT_EVERY:
                     last_compact = time.monotonic()
-                    await asyncio.to_thread(_compact, self.dir, self.pid, self.instance)
+                    await asyncio.to_thread(compact, self.dir, self.pid, self.instance)
             except Exception:
                 log.exception("metrics_snapshot_failed")
 
@@ -228,33 +219,23 @@ class Metrics:
             await stop_task(self._task)
             self._task = None
             data = orjson.dumps(self.snapshot())
-            await asyncio.to_thread(_write_atomic, self.dir / f"{self.pid}.json", data)
+            await asyncio.to_thread(write_atomic, self.dir / f"{self.pid}.json", data)
 
     # --- exposition ----------------------------------------------------------------------
     def render(self, data_dir: str | Path | None = None) -> str:
         """Prometheus text of all workers sharing `data_dir` (default: this one's). Blocking
         file reads; from a handler use `arender()`."""
         mdir = Path(data_dir) / "metrics" if data_dir is not None else self.dir
-        return _render(_merge(self.snapshot(), _read_others(mdir, self.pid)))
+        return _render(merge(self.snapshot(), read_others(mdir, self.pid)))
 
     async def arender(self) -> str:
         live = self.snapshot()
-        return await asyncio.to_thread(lambda: _render(_merge(live, _read_others(self.dir,
+        return await asyncio.to_thread(lambda: _render(merge(live, read_others(self.dir,
                                                                                  self.pid))))
 
 
 def _cap(value: str) -> str:
     return value if len(value) <= LABEL_MAX else value[:LABEL_MAX]
-
-
-def _sane(labels) -> bool:
-    """A series of a snapshot file whose label values are within LABEL_MAX (older versions
-    labelled by the model name a client sent, of any length)."""
-    return all(len(str(v)) <= LABEL_MAX for v in labels)
-
-
-def _add(series: dict, labels: Labels, value: float) -> None:
-    series[labels] = series.get(labels, 0) + value
 
 
 def _observe(series: dict, labels: Labels, bounds_ms: tuple[float, ...], values_ms: tuple) -> None:
@@ -270,119 +251,6 @@ def _observe(series: dict, labels: Labels, bounds_ms: tuple[float, ...], values_
     for bucket, n in Counter(map(bisect.bisect_left, repeat(bounds_ms), values_ms)).items():
         h[bucket] += n
     h[-1] += sum(values_ms) / 1000
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _load(path: Path) -> dict | None:
-    try:
-        return orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-
-
-def _pid_files(mdir: Path) -> list[Path]:
-    return [p for p in mdir.glob("*.json") if p.stem.isdigit()]
-
-
-def _read_others(mdir: Path | None, own_pid: int) -> list[tuple[dict, bool]]:
-    """(snapshot, its process is alive) for every file but our own, dead.json included."""
-    if mdir is None or not mdir.is_dir():
-        return []
-    dead = _load(mdir / DEAD_FILE)
-    absorbed = {tuple(x) for x in dead.get("absorbed", [])} if dead else set()
-    out = [(dead, False)] if dead else []
-    for path in _pid_files(mdir):
-        pid = int(path.stem)
-        snap = _load(path) if pid != own_pid else None
-        if snap and (snap.get("pid"), snap.get("instance")) not in absorbed:
-            out.append((snap, _pid_alive(pid)))
-    return out
-
-
-def _compact(mdir: Path, own_pid: int, own_instance: str) -> None:
-    """Fold files of dead workers (and an older process's file under our pid) into dead.json."""
-    mdir.mkdir(parents=True, exist_ok=True)
-    with open(mdir / ".lock", "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        dead = _load(mdir / DEAD_FILE) or {"absorbed": []}
-        absorbed = {tuple(x) for x in dead.get("absorbed", [])}
-        victims: list[Path] = []
-        snaps: list[dict] = []
-        for path in _pid_files(mdir):
-            pid = int(path.stem)
-            if pid == own_pid or not _pid_alive(pid):
-                snap = _load(path)
-                if snap is None or snap.get("instance") == own_instance:
-                    continue
-                victims.append(path)
-                if (snap.get("pid"), snap.get("instance")) not in absorbed:
-                    snaps.append(snap)
-                    absorbed.add((snap.get("pid"), snap.get("instance")))
-        if not victims and _all_sane(dead):
-            return
-        merged = _merge(None, [(dead, False)] + [(s, False) for s in snaps])
-        _write_atomic(mdir / DEAD_FILE, orjson.dumps(_to_snapshot(merged, absorbed)))
-        for path in victims:
-            path.unlink(missing_ok=True)
-        remaining = {(int(p.stem), (_load(p) or {}).get("instance")) for p in _pid_files(mdir)}
-        kept = absorbed & remaining
-        if kept != absorbed:
-            _write_atomic(mdir / DEAD_FILE, orjson.dumps(_to_snapshot(merged, kept)))
-
-
-def _all_sane(snap: dict) -> bool:
-    return all(_sane(labels) for kind in ("counters", "histograms")
-               for samples in snap.get(kind, {}).values() for labels, _ in samples)
-
-
-def _merge(live: dict | None, others: list[tuple[dict, bool]]) -> dict:
-    """{"counters": {name: {labels: v}}, "histograms": {name: {labels: [..]}},
-    "gauges": {name: {labels: v}}, "gauge_help": {name: str}}"""
-    out: dict[str, Any] = {"counters": {}, "histograms": {}, "gauges": {}, "gauge_help": {}}
-    sources = ([(live, True)] if live else []) + others
-    for snap, alive in sources:
-        for name, samples in snap.get("counters", {}).items():
-            series = out["counters"].setdefault(name, {})
-            for labels, value in samples:
-                if _sane(labels):
-                    _add(series, tuple(labels), value)
-        for name, samples in snap.get("histograms", {}).items():
-            series = out["histograms"].setdefault(name, {})
-            for labels, h in samples:
-                if not _sane(labels):
-                    continue
-                key = tuple(labels)
-                cur = series.get(key)
-                if cur is None:
-                    series[key] = list(h)
-                elif len(cur) == len(h):
-                    series[key] = [a + b for a, b in zip(cur, h)]
-        if not alive:
-            continue
-        for name, g in snap.get("gauges", {}).items():
-            out["gauge_help"][name] = g["help"]
-            series = out["gauges"].setdefault(name, {})
-            for pairs, value in g["samples"]:
-                if not _sane(v for _, v in pairs):
-                    continue
-                key = tuple(tuple(p) for p in pairs)
-                series[key] = max(series.get(key, value), value)
-    return out
-
-
-def _to_snapshot(merged: dict, absorbed: set) -> dict:
-    return {"pid": 0, "instance": "dead", "absorbed": sorted([list(a) for a in absorbed]),
-            "counters": {n: [[list(k), v] for k, v in s.items()]
-                         for n, s in merged["counters"].items()},
-            "histograms": {n: [[list(k), h] for k, h in s.items()]
-                           for n, s in merged["histograms"].items()},
-            "gauges": {}}
 
 
 def _escape(value: str) -> str:
@@ -433,15 +301,3 @@ def _render(merged: dict) -> str:
         for pairs, value in sorted(merged["gauges"][name].items()):
             lines.append(f"{name}{_labels(pairs)} {_num(value)}")
     return "\n".join(lines) + "\n"
-
-
-def live_gauge(data_dir: str | Path, name: str) -> dict[tuple, float]:
-    """A gauge as the running workers last wrote it: {(label pairs...): max value} (for the CLI)."""
-    out: dict[tuple, float] = {}
-    for snap, alive in _read_others(Path(data_dir) / "metrics", own_pid=-1):
-        if not alive:
-            continue
-        for labels, value in ((snap.get("gauges") or {}).get(name) or {}).get("samples", []):
-            key = tuple(tuple(pair) for pair in labels)
-            out[key] = max(value, out.get(key, value))
-    return out
