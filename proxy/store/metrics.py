@@ -258,9 +258,8 @@ def _escape(value: str) -> str:
 
 
 def _labels(pairs: Any) -> str:
-    if not pairs:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in pairs) + "}"
+    text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in pairs)
+    return "{" + text + "}" if text else ""
 
 
 def _num(v: float) -> str:

@@ -209,3 +209,33 @@ async def test_a_mixed_batch_is_written_value_for_value(tmp_path, db):
         got = conn.execute(f"SELECT {columns} FROM ledger ORDER BY created_at").fetchall()
     assert got == expected
     await ledger.close()
+
+
+async def test_a_ledger_that_cannot_write_keeps_a_bounded_queue_says_so_and_catches_up(tmp_path, db):
+    """Writes refused (a read-only database): rows stay queued up to max_pending, the oldest
+    beyond are dropped and counted, health turns unwritable after UNWRITABLE_AFTER seconds of
+    failures, and the queue lands once writes work again."""
+    from proxy.store import ledger as ledger_module
+    from proxy.store.metrics import Metrics
+    metrics = Metrics()
+    ledger = LedgerWriter(db, interval=3600, max_pending=10, metrics=metrics)
+    await ledger.start()
+    await db.run(lambda conn: conn.execute("PRAGMA query_only = ON"))
+    for i in range(25):
+        ledger.record(row_values({"request_id": f"r{i}", "model": "m", "status": 200}))
+    with pytest.raises(sqlite3.OperationalError):
+        await ledger.flush()
+    health = ledger.health()
+    assert health["writable"] is True and health["queued"] == 10    # one failure is not yet "cannot write"
+    assert "readonly" in health["error"]
+    ledger._failing_since -= ledger_module.UNWRITABLE_AFTER          # ... but seconds of them are
+    assert ledger.health()["writable"] is False
+    text = metrics.render()
+    assert "modelway_ledger_write_failures_total 1\n" in text
+    assert "modelway_ledger_rows_dropped_total 15\n" in text
+    await db.run(lambda conn: conn.execute("PRAGMA query_only = OFF"))
+    await ledger.flush()
+    assert ledger.health() == {"writable": True, "queued": 0, "error": None}
+    assert [r[0] for r in sqlite3.connect(db_path(tmp_path)).execute(
+        "SELECT request_id FROM ledger ORDER BY id")] == [f"r{i}" for i in range(15, 25)]    # the newest kept
+    await ledger.close()
