@@ -13,6 +13,7 @@ from aiohttp import web
 from proxy import logs
 from proxy.app import create_app
 from proxy.config import Config
+from proxy.connections import Runner
 from proxy.gateway import Gateway
 
 log = structlog.get_logger("modelway")
@@ -57,8 +58,7 @@ async def serve(config: Config, config_path: str | None, host: str, port: int, r
         counters.close()
     gateway = Gateway(config, config_path)
     app = create_app(gateway)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, lingering_time=1.0,
-                           shutdown_timeout=config.server.drain_seconds)
+    runner = Runner(app, config.server, lingering_time=1.0, shutdown_timeout=config.server.drain_seconds)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
     tune_gc()
