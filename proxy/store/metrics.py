@@ -31,6 +31,7 @@ import orjson
 import structlog
 
 from proxy.store.db import LEDGER_COLUMNS, NONE_NUMBER, grouped, stop_task
+from proxy.store.files import private_dir, private_file, write_private
 
 log = structlog.get_logger(__name__)
 
@@ -246,9 +247,8 @@ def _observe(series: dict, labels: Labels, bounds_ms: tuple[float, ...], values_
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
+    tmp = private_dir(path.parent) / f".{path.name}.{os.getpid()}.tmp"
+    write_private(tmp, data)
     os.replace(tmp, path)
 
 
@@ -280,8 +280,7 @@ def _read_others(mdir: Path | None, own_pid: int) -> list[tuple[dict, bool]]:
 
 def _compact(mdir: Path, own_pid: int, own_instance: str) -> None:
     """Fold files of dead workers (and an older process's file under our pid) into dead.json."""
-    mdir.mkdir(parents=True, exist_ok=True)
-    with open(mdir / ".lock", "a+b") as lock:
+    with open(private_file(private_dir(mdir) / ".lock"), "a+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         dead = _load(mdir / DEAD_FILE) or {"absorbed": []}
         absorbed = {tuple(x) for x in dead.get("absorbed", [])}
