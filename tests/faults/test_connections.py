@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from proxy.app import create_app
-from proxy.config import parse_config
+from proxy.config import ConfigError, parse_config
 from proxy.connections import Runner
 from proxy.gateway import Gateway
 from tests.faults.conftest import CHAT, chat
@@ -232,3 +232,18 @@ async def test_garbage_request_is_400_in_the_envelope(serve):
     err = envelope(*await read_response(reader), 400, "bad_http_request")
     assert err["type"] == "invalid_request_error" and "not http" not in err["message"]
     writer.close()
+
+
+@pytest.mark.parametrize("field, value, want", [("header_timeout", "0", "number > 0"),
+                                                ("keepalive_timeout", "-1", "number > 0"),
+                                                ("max_connections", "0", "int >= 1")])
+def test_bad_connection_settings_are_config_errors_with_their_line(tmp_path, field, value, want):
+    text = f"server:\n  data_dir: {tmp_path}\n  {field}: {value}\n"
+    with pytest.raises(ConfigError) as exc_info:
+        parse_config(text, "routes.yaml", env={})
+    assert f"routes.yaml:3: server.{field}" in str(exc_info.value) and want in str(exc_info.value)
+
+
+def test_connection_settings_default_to_10_75_and_4096():
+    server = parse_config("models: {}\n", "routes.yaml", env={}).server
+    assert (server.header_timeout, server.keepalive_timeout, server.max_connections) == (10.0, 75.0, 4096)
