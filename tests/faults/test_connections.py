@@ -18,6 +18,7 @@ from proxy.app import create_app
 from proxy.config import ConfigError, parse_config
 from proxy.connections import Runner
 from proxy.gateway import Gateway
+from tests.cli.procs import Server
 from tests.faults.conftest import CHAT, chat
 
 CONFIG = """
@@ -247,3 +248,23 @@ def test_bad_connection_settings_are_config_errors_with_their_line(tmp_path, fie
 def test_connection_settings_default_to_10_75_and_4096():
     server = parse_config("models: {}\n", "routes.yaml", env={}).server
     assert (server.header_timeout, server.keepalive_timeout, server.max_connections) == (10.0, 75.0, 4096)
+
+
+async def test_modelway_serve_runs_the_connection_layer(tmp_path):
+    """The real worker (proxy.server) serves through it: a half-sent header is closed after
+    header_timeout, an oversized one is a 431 envelope."""
+    config = tmp_path / "routes.yaml"
+    config.write_text(CONFIG.format(data_dir=tmp_path / "var", header=0.5, keepalive=30, cap=100))
+    server = Server(tmp_path, "--config", str(config))
+    try:
+        server.wait_listening()
+        edge = Edge(None, server.port)
+        reader, writer = await edge.connect(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        took, data = await closed_after(reader)
+        writer.close()
+        assert 0.4 < took < 2 and data == b"", took
+        reader, writer = await edge.connect(request(extra="X-Junk: " + "j" * 9000 + "\r\n"))
+        envelope(*await read_response(reader), 431, "headers_too_large")
+        writer.close()
+    finally:
+        server.close()
