@@ -7,6 +7,7 @@ import sys
 from importlib import metadata
 
 from proxy.config import ConfigError, load_config
+from proxy.store.files import DataDirError, check_data_dir
 
 DEFAULT_CONFIG = os.environ.get("MODELWAY_CONFIG", "routes.yaml")
 
@@ -34,6 +35,11 @@ def cmd_serve(args) -> int:
     host = args.host or config.server.host
     port = args.port or config.server.port
     workers = args.workers or config.server.workers
+    try:
+        check_data_dir(config.server.data_dir)
+    except DataDirError as exc:
+        print(f"modelway: {exc}", file=sys.stderr)
+        return 1
     if workers > 1:
         from proxy.supervisor import supervise
         argv = ["serve", "--config", args.config, "--host", host, "--port", str(port), "--log-level", args.log_level]

@@ -11,6 +11,8 @@ import sys
 
 import orjson
 
+from proxy.store.files import private_dir
+
 
 def _data_dir(args) -> str:
     from proxy.cli import _load_or_exit
@@ -25,7 +27,7 @@ def _auth_off(args) -> bool:
 def _store(args):
     from proxy.store.db import Database
     from proxy.store.keys import KeyStore
-    os.makedirs(_data_dir(args), exist_ok=True)
+    private_dir(_data_dir(args))
     return KeyStore(Database(_data_dir(args)))
 
 

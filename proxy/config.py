@@ -44,6 +44,9 @@ class ServerConfig:
     drain_seconds: float = 30.0
     watch_config: bool = False
     body_timeout: float = 30.0
+    header_timeout: float = 10.0      # a request's headers must be in within this
+    keepalive_timeout: float = 75.0   # an idle keep-alive connection is closed after this
+    max_connections: int = 4096       # per worker; more are answered 503 and closed
 
     @property
     def max_body_bytes(self) -> int:

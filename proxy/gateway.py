@@ -15,6 +15,7 @@ from proxy.pipeline import Chain, Handler, build_middlewares
 from proxy.providers import provider_class
 from proxy.providers.base import Provider
 from proxy.routing import RouteTable
+from proxy.store.files import private_dir
 
 log = structlog.get_logger("modelway")
 
@@ -57,7 +58,7 @@ class Gateway:
         self._spend_flusher: asyncio.Task | None = None
 
     async def start(self) -> None:
-        os.makedirs(self.data_dir, exist_ok=True)
+        private_dir(self.data_dir)
         await self._open_services()
         for warning in self.config.warnings:
             log.warning("config_warning", message=warning)

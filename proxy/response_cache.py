@@ -1,25 +1,29 @@
-"""The response cache store: diskcache on disk, off the event loop, and off the hot path.
+"""The response cache store: diskcache on disk, through its public API, off the event loop.
 
-Reads: each process keeps the set of keys it knows are stored (loaded at start, then the rows
-other workers added, read every `poll_seconds` from diskcache's table in a thread), so a miss
-costs a set lookup — no thread hop, no SQLite query. A known key is fetched in a thread.
-Another worker's fresh entry becomes visible within `poll_seconds`.
+Reads: each process keeps the set of keys it knows are stored, so a miss costs a set lookup —
+no thread hop, no SQLite query. A known key is fetched in a thread (`Cache.get`).
 
 Writes: batched; every `flush_seconds` one thread job writes the pending entries in one
-transaction. Until then they are served from memory (read-your-writes). An entry small enough
-for diskcache to keep inside its database (under `disk_min_file_size`, 32 KB: nearly every
-chat answer) is written as a row of diskcache's own `Cache` table, exactly the row
-`Cache.set(key, value, expire=ttl, tag=<this process>)` would write, 32 rows per INSERT: a
-fraction of the SQL work and GIL hand-offs of a SELECT and an INSERT per entry. Larger entries
-go through `Cache.set`. Reads, expiry and eviction stay diskcache's; eviction (`cull`) runs at
-most every `cull_seconds`, so the directory may overshoot its size limit by that many seconds
-of answers.
+transaction (`Cache.transact()` around `Cache.set`s). Until then they are served from memory
+(read-your-writes). Expiry and eviction are diskcache's; eviction (`Cache.cull`) runs at most
+every `cull_seconds`, so the directory may overshoot its size limit by that many seconds of
+answers.
+
+Other workers' entries: each batch also takes the next number of a sequence kept in the cache
+(`Cache.incr`, in the batch's transaction, so numbers are taken in commit order) and stores the
+list of its keys under that number (the feed). Every `poll_seconds` a worker reads the feed
+entries after the last number it has seen. A feed entry that has gone (expired, evicted) or a
+sequence that went back (the cache was cleared) makes the worker list every key again. Nothing
+depends on SQLite's rowids, which a table without AUTOINCREMENT reuses.
+
+A damaged database (not SQLite, or corrupt) is moved aside as `cache.db.corrupt-<time>` and a
+fresh cache started: it is only a cache.
 """
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
-import secrets
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,37 +31,67 @@ from concurrent.futures import ThreadPoolExecutor
 import diskcache
 import structlog
 
-from proxy.store.db import insert_rows, transaction
+from proxy.store.files import DIR_MODE, FILE_MODE, private_db, private_dir, private_file
 
 log = structlog.get_logger(__name__)
 MAX_BACKLOG = 5000   # entries waiting for their batch write
-# diskcache 5's row for a str key (raw = 1) and a bytes value kept in the database (size 0,
-# mode MODE_RAW, no file, never accessed), tagged with the writing process. On a conflict
-# (another worker stored the same key meanwhile) the newer answer wins, unless that row's
-# value lives in a file, which an UPDATE here would orphan; then the other worker's answer stays.
-_INSERT = ("INSERT INTO Cache (key, raw, store_time, expire_time, access_time, access_count, tag, size,"
-           " mode, filename, value) VALUES ")
-_UPSERT = (" ON CONFLICT (key, raw) DO UPDATE SET store_time = excluded.store_time,"
-           " expire_time = excluded.expire_time, access_time = excluded.access_time,"
-           " value = excluded.value WHERE Cache.filename IS NULL")
+SEQ_KEY = "modelway:seq"          # the feed's last number
+FEED = "modelway:feed:"           # + number -> the keys of that batch, comma-separated
+FEED_TTL = 300.0                  # a worker stalled longer than this lists every key again
+DAMAGED = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
-def _row(i: int) -> str:
-    """Row `i` of a multi-row INSERT (db.insert_rows): its own key and value; the store and
-    access time (?1), expiry (?2) and tag (?3) are the batch's, bound once per INSERT."""
-    return f"(?{4 + 2 * i}, 1, ?1, ?2, ?1, 0, ?3, 0, 1, NULL, ?{5 + 2 * i})"
+class PrivateDisk(diskcache.Disk):
+    """diskcache's Disk with its value files (answers over 32 KB) 0600 in 0700 directories;
+    diskcache itself creates them with the process umask."""
+
+    def __init__(self, directory: str, **kwargs):
+        super().__init__(directory, **kwargs)
+        self.root = directory
+
+    def store(self, value, read, key=diskcache.core.UNKNOWN):
+        size, mode, filename, db_value = super().store(value, read, key=key)
+        if filename:
+            path = os.path.join(self.root, filename)
+            os.chmod(path, FILE_MODE)
+            os.chmod(os.path.dirname(path), DIR_MODE)
+            os.chmod(os.path.dirname(os.path.dirname(path)), DIR_MODE)
+        return size, mode, filename, db_value
+
+
+def open_store(directory: str, size_limit: int) -> diskcache.Cache:
+    """diskcache.Cache on `directory`, files private; a damaged database moved aside. Workers
+    starting together take a lock: one repairs, the others open what it made."""
+    private_dir(directory)
+    db = os.path.join(directory, diskcache.core.DBNAME)
+    with open(private_file(os.path.join(directory, ".lock")), "rb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        private_db(db)
+        try:
+            return _cache(directory, size_limit)
+        except sqlite3.DatabaseError as exc:
+            if exc.sqlite_errorcode & 0xFF not in DAMAGED:
+                raise
+            aside = f"{db}.corrupt-{int(time.time())}"
+            os.replace(db, aside)
+            for suffix in ("-wal", "-shm"):
+                if os.path.exists(db + suffix):
+                    os.replace(db + suffix, aside + suffix)
+            log.error("cache_db_damaged", path=db, moved_to=aside, error=str(exc))
+            private_db(db)
+            return _cache(directory, size_limit)
+
+
+def _cache(directory: str, size_limit: int) -> diskcache.Cache:
+    # cull_limit=0: no eviction work inside every set; the writer culls every cull_seconds
+    return diskcache.Cache(directory, size_limit=size_limit, eviction_policy="least-recently-stored",
+                           cull_limit=0, disk=PrivateDisk)
 
 
 class ResponseCache:
     def __init__(self, directory: str, size_limit_mb: float, *, poll_seconds: float = 0.5,
                  flush_seconds: float = 0.25, cull_seconds: float = 1.0):
-        os.makedirs(directory, exist_ok=True)
-        # cull_limit=0: no eviction work inside every set; the writer culls every cull_seconds
-        self.store = diskcache.Cache(directory, size_limit=int(size_limit_mb * 1024 * 1024),
-                                     eviction_policy="least-recently-stored", cull_limit=0)
-        self.db_file = os.path.join(directory, diskcache.core.DBNAME)
-        self.inline_limit = self.store.disk.min_file_size
-        self._conn: sqlite3.Connection | None = None
+        self.store = open_store(directory, int(size_limit_mb * 1024 * 1024))
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache")
         self.poll_seconds = poll_seconds
         self.flush_seconds = flush_seconds
@@ -66,8 +100,7 @@ class ResponseCache:
         self.known: set[str] = set()
         self.writing: dict[str, tuple[bytes, float]] = {}   # key -> (value, ttl), not yet on disk
         self.flushing: dict[str, tuple[bytes, float]] = {}  # the batch being written now
-        self._last_rowid = 0
-        self.tag = secrets.token_hex(8)   # marks this process's rows, which the scan skips
+        self._seen: int | None = None     # the last feed number read; None: list every key
         self._poller: asyncio.Task | None = None
         self._flusher: asyncio.Task | None = None
         self._flush_due = False     # a _flush_soon() task is running
@@ -88,7 +121,11 @@ class ResponseCache:
             return pending[0]
         if key not in self.known:
             return None
-        value = await self._run(self.store.get, key)
+        try:
+            value = await self._run(self.store.get, key)
+        except sqlite3.Error:       # a cache that cannot be read is a miss, not a failed request
+            log.exception("cache_read_failed")
+            return None
         if value is None:
             self.known.discard(key)   # expired or evicted
         return value
@@ -125,53 +162,40 @@ class ResponseCache:
             await self._write_batch()
 
     def _write(self, batch: dict[str, tuple[bytes, float]]) -> None:
+        store = self.store
+        with store.transact():
+            seq = store.incr(SEQ_KEY)
+            for key, (value, ttl) in batch.items():
+                store.set(key, value, expire=ttl)
+            store.set(f"{FEED}{seq}", ",".join(batch), expire=FEED_TTL)
         now = time.time()
-        by_ttl: dict[float, list[tuple[str, bytearray]]] = {}   # nearly always one ttl
-        large = []
-        for key, (value, ttl) in batch.items():
-            if len(value) < self.inline_limit:   # bytearray: pysqlite binds it without an adapter lookup
-                rows = by_ttl.get(ttl)
-                if rows is None:
-                    rows = by_ttl[ttl] = []
-                rows.append((key, bytearray(value)))
-            else:
-                large.append((key, value, ttl))
-        if by_ttl:
-            conn = self._connection()
-            with transaction(conn):
-                for ttl, rows in by_ttl.items():
-                    insert_rows(conn, _INSERT, _row, rows, shared=(now, now + ttl, self.tag), suffix=_UPSERT)
-        for key, value, ttl in large:
-            self.store.set(key, value, expire=ttl, tag=self.tag)
         if now - self._culled_at >= self.cull_seconds:
             self._culled_at = now
-            self.store.cull()     # expired entries, then the least recently stored over size_limit
-
-    def _connection(self) -> sqlite3.Connection:
-        """This process's connection to diskcache's database for the batch writes and the scan
-        of new keys (executor thread only). WAL mode is persistent in the file; synchronous is
-        per connection and set as diskcache sets it."""
-        if self._conn is None:
-            self._conn = sqlite3.connect(self.db_file, isolation_level=None, check_same_thread=False, timeout=60)
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-        return self._conn
+            store.cull()     # expired entries, then the least recently stored over size_limit
 
     async def _scan(self) -> None:
         try:
-            self._last_rowid, keys = await self._run(self._new_keys, self._last_rowid)
+            self._seen, keys = await self._run(self._new_keys, self._seen)
         except sqlite3.Error:
             log.exception("cache_scan_failed")
             return
         self.known.update(keys)
 
-    def _new_keys(self, after: int) -> tuple[int, list[str]]:
-        """(highest rowid, keys of the rows after `after` up to it that other processes wrote:
-        this one's rows carry its `tag`, and their keys are in `known` already)."""
-        conn = self._connection()
-        top = conn.execute("SELECT max(rowid) FROM Cache").fetchone()[0] or 0
-        rows = conn.execute("SELECT key FROM Cache WHERE rowid > ? AND rowid <= ? AND raw = 1"
-                            " AND (tag IS NULL OR tag != ?)", (after, top, self.tag)).fetchall()
-        return max(top, after), [key for (key,) in rows]
+    def _new_keys(self, seen: int | None) -> tuple[int, list[str]]:
+        """(the feed's last number, the keys stored after number `seen`); every key when
+        `seen` is None or the feed since it is incomplete."""
+        store = self.store
+        last = store.get(SEQ_KEY, 0)
+        if seen is not None and seen <= last:
+            keys: list[str] = []
+            for n in range(seen + 1, last + 1):
+                entry = store.get(f"{FEED}{n}")
+                if entry is None:
+                    break
+                keys.extend(entry.split(","))
+            else:
+                return last, keys
+        return last, [k for k in store.iterkeys() if not k.startswith("modelway:")]
 
     async def _poll(self) -> None:
         while True:
@@ -185,6 +209,4 @@ class ResponseCache:
             self._flusher.cancel()
         await self.flush()
         self.executor.shutdown(wait=True)
-        if self._conn is not None:
-            self._conn.close()
         self.store.close()

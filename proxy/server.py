@@ -6,6 +6,7 @@ import gc
 import os
 import signal
 import socket
+import sqlite3
 
 import structlog
 from aiohttp import web
@@ -13,7 +14,9 @@ from aiohttp import web
 from proxy import logs
 from proxy.app import create_app
 from proxy.config import Config
+from proxy.connections import Runner
 from proxy.gateway import Gateway
+from proxy.store.files import private_dir
 
 log = structlog.get_logger("modelway")
 
@@ -51,15 +54,19 @@ async def serve(config: Config, config_path: str | None, host: str, port: int, r
     watched = os.stat(config_path).st_mtime_ns if config.server.watch_config and config_path else None
     if not reuse_port:   # the only process: in-flight counts left by a crash are stale
         from proxy.store.counters import SharedCounters
-        os.makedirs(config.server.data_dir, exist_ok=True)
+        private_dir(config.server.data_dir)
         counters = SharedCounters.in_dir(config.server.data_dir)
         counters.reset_concurrency()
         counters.close()
     gateway = Gateway(config, config_path)
     app = create_app(gateway)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, lingering_time=1.0,
-                           shutdown_timeout=config.server.drain_seconds)
-    await runner.setup()
+    runner = Runner(app, config.server, lingering_time=1.0, shutdown_timeout=config.server.drain_seconds)
+    try:
+        await runner.setup()          # opens the stores under data_dir
+    except (OSError, sqlite3.Error) as exc:   # unreadable, not a database, ...: one line, not a traceback
+        log.error("cannot_open_data_dir", data_dir=os.path.abspath(config.server.data_dir), pid=os.getpid(),
+                  error=f"{type(exc).__name__}: {exc}")
+        return 1
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
     tune_gc()
     try:

@@ -12,6 +12,7 @@ import time
 import structlog
 
 from proxy.server import sd_notify
+from proxy.store.files import private_dir
 
 log = structlog.get_logger("modelway")
 CRASH_WINDOW = 5.0       # seconds: a worker dying sooner than this after its start counts as a crash
@@ -32,7 +33,7 @@ def _wait_listening(host: str, port: int, give_up, timeout: float = 30.0) -> boo
 def supervise(argv: list[str], workers: int, host: str, port: int, drain_seconds: float,
               data_dir: str) -> int:
     from proxy.store.counters import SharedCounters
-    os.makedirs(data_dir, exist_ok=True)
+    private_dir(data_dir)
     counters = SharedCounters.in_dir(data_dir)
     counters.reset_concurrency()     # in-flight counts left by workers that crashed earlier
     counters.close()

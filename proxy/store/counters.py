@@ -44,6 +44,8 @@ from typing import Callable, TypeVar
 
 import structlog
 
+from proxy.store.files import open_private, private_dir
+
 log = structlog.get_logger(__name__)
 
 COUNTERS_FILENAME = "counters.bin"
@@ -85,8 +87,7 @@ class SharedCounters:
 
     def __init__(self, path: str | Path, slots: int = DEFAULT_SLOTS) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._fd = open_private(private_dir(self.path.parent) / self.path.name)
         self._spend: dict[tuple[str, int], int] = {}   # (key id, UTC day) -> micro-USD not yet in the file
         self._leases: dict[str, list] = {}   # key id -> [minute's start, its end (unix s), limit,
                                              #   hits left, remaining to report]

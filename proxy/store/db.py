@@ -24,6 +24,8 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
+from proxy.store.files import private_db
+
 T = TypeVar("T")
 
 DB_FILENAME = "modelway.db"
@@ -118,7 +120,7 @@ def connect(path: str | Path) -> sqlite3.Connection:
     The connection is in autocommit mode; write through `transaction()`. It may be handed to
     another thread (check_same_thread=False) but must only be used by one at a time.
     """
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    private_db(path)   # 0600, and so its -wal and -shm files
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute("PRAGMA journal_mode = WAL")

@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 
+from proxy.store.files import private_dir, private_file, write_private
+
 DEAD_FILE = "dead.json"
 LABEL_MAX = 100      # characters of a label value at most
 
@@ -37,9 +39,8 @@ def add(series: dict, labels: Labels, value: float) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
+    tmp = private_dir(path.parent) / f".{path.name}.{os.getpid()}.tmp"
+    write_private(tmp, data)
     os.replace(tmp, path)
 
 
@@ -71,8 +72,7 @@ def read_others(mdir: Path | None, own_pid: int) -> list[tuple[dict, bool]]:
 
 def compact(mdir: Path, own_pid: int, own_instance: str) -> None:
     """Fold files of dead workers (and an older process's file under our pid) into dead.json."""
-    mdir.mkdir(parents=True, exist_ok=True)
-    with open(mdir / ".lock", "a+b") as lock:
+    with open(private_file(private_dir(mdir) / ".lock"), "a+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         dead = _load(mdir / DEAD_FILE) or {"absorbed": []}
         absorbed = {tuple(x) for x in dead.get("absorbed", [])}

@@ -8,6 +8,9 @@ import asyncio
 import openai
 import orjson
 import pytest
+import structlog
+
+from proxy.response_cache import ResponseCache
 
 from tests.middlewares.helpers import (APP, CHAT, OTHER, assert_envelope, call, chat_body, eventually, routes,
                                        row_for, wait_ledger)
@@ -312,6 +315,53 @@ async def test_another_workers_answer_becomes_a_hit_within_a_second(upstream, ma
     assert (await create(one.client(APP)))[0] == "HIT"       # and one still serves its own
 
 
+async def known_to(cache: ResponseCache, key: str, want: bytes, timeout: float = 3) -> None:
+    """`cache` serves `want` for `key` within `timeout` (polling: its scan runs every 0.05 s)."""
+    async def served():
+        return await cache.get(key) == want
+    await eventually(served, timeout=timeout, what=f"{key} served by the other worker")
+
+
+async def test_an_entry_stored_under_a_reused_rowid_reaches_the_other_worker(tmp_path):
+    """Worker B's newest entry expires and is culled; SQLite gives B's next entry the same
+    rowid (diskcache's table has no AUTOINCREMENT). Worker A, which saw the first entry, must
+    still see the second."""
+    a, b = (ResponseCache(str(tmp_path / "cache"), 10, poll_seconds=0.05, flush_seconds=0.01)
+            for _ in range(2))
+    try:
+        assert await a.get("warm") is None           # A has listed the (empty) cache and polls
+        b.put_later("first", b"one", 0.3)
+        await b.flush()
+        await known_to(a, "first", b"one")
+        await asyncio.sleep(0.35)
+        b.store.cull()                               # B's periodic cull: the newest row goes
+        b.put_later("second", b"two", 60)
+        await b.flush()
+        await known_to(a, "second", b"two")
+        b.store.clear()                              # emptied under a running worker: still no blind spot
+        b.put_later("third", b"three", 60)
+        await b.flush()
+        await known_to(a, "third", b"three")
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_damaged_cache_db_is_moved_aside_and_a_fresh_cache_used(upstream, make_gateway, data_dir):
+    """cache.db is only a cache: garbage in it is logged and moved aside, not a failed start."""
+    (data_dir / "cache").mkdir(parents=True)
+    garbage = b"this is not a database " * 100
+    (data_dir / "cache" / "cache.db").write_bytes(garbage)
+    with structlog.testing.capture_logs() as logs:
+        gw = await make_gateway(routes(upstream.url, cache={"enabled": True}))
+    assert [e["path"] for e in logs if e["event"] == "cache_db_damaged"] == [
+        str(data_dir / "cache" / "cache.db")]
+    aside = list((data_dir / "cache").glob("cache.db.corrupt-*"))
+    assert [p.read_bytes() for p in aside] == [garbage]
+    assert (await create(gw.client(APP)))[0] == "MISS"
+    assert (await create(gw.client(APP)))[0] == "HIT"
+
+
 async def test_presets_and_cache_together_on_the_mock(make_gateway):
     """A preset request is cached after expansion; the streamed hit reports cost 0."""
     gw = await make_gateway(routes(None, cache={"enabled": True}, presets={
@@ -327,9 +377,10 @@ async def test_presets_and_cache_together_on_the_mock(make_gateway):
     assert chunks[-1].usage.cost == 0
 
 
-async def test_a_batch_of_entries_is_written_as_diskcache_rows(make_gateway, data_dir):
-    """Many answers stored at once, with two ttls: each is a row diskcache itself reads back,
-    with its own value and expiry, and diskcache's own count of entries is right."""
+async def test_a_batch_of_entries_is_written_as_diskcache_entries(make_gateway, data_dir):
+    """Many answers stored at once, with two ttls: each is an entry diskcache itself reads
+    back, with its own value and expiry, beside the gateway's two bookkeeping entries (the
+    feed's number and the batch's key list, under `modelway:`)."""
     import time
 
     import diskcache
@@ -342,9 +393,10 @@ async def test_a_batch_of_entries_is_written_as_diskcache_rows(make_gateway, dat
     await gw.close()                                 # graceful: the pending batch is written
     now = time.time()
     with diskcache.Cache(str(data_dir / "cache")) as store:
-        assert len(store) == len(ttls)
+        answers = [key for key in store.iterkeys() if not key.startswith("modelway:")]
+        assert len(answers) == len(ttls) and len(store) == len(ttls) + 2
         seen = {}
-        for key in store.iterkeys():
+        for key in answers:
             value, expires = store.get(key, expire_time=True)
             answer = orjson.loads(value)["completion"]["choices"][0]["message"]["content"]
             seen[answer] = round(expires - now, -1)
