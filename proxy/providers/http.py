@@ -45,7 +45,7 @@ class HTTPProvider(Provider):
         return {}
 
     async def start(self) -> None:
-        if self.session is None:
+        if self.session is None or self.session.closed:
             t, limit = self.config.timeouts, self.config.max_connections
             self.session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=300),
@@ -55,7 +55,6 @@ class HTTPProvider(Provider):
     async def close(self) -> None:
         if self.session is not None:
             await self.session.close()
-            self.session = None
 
     # --- request ---------------------------------------------------------------------------
 
@@ -63,7 +62,7 @@ class HTTPProvider(Provider):
         """Send the request; return once the upstream answered a success status. Every failure
         is raised as a GatewayError (the error status mapped by `status_error`)."""
         session = self.session
-        if session is None:
+        if session is None or session.closed:
             raise ProviderError(f"provider {self.name!r} is not started", code="provider_not_started")
         first_byte = self.config.timeouts.first_byte
         try:
