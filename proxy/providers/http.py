@@ -36,8 +36,9 @@ class HTTPProvider(Provider):
         self.session: aiohttp.ClientSession | None = None
         headers = {**config.headers, **self.auth_headers()}
         self.headers: dict[str, str] = headers
-        #: every secret this provider sends upstream (api_key, every header value), by value
-        self.redact = Redactor([config.api_key, *headers.values()])
+        #: every secret this provider sends upstream (api_key, every configured header value), by
+        #: value; the provider's own constant headers (anthropic-version) are no secret
+        self.redact = Redactor([config.api_key, *config.headers.values()])
         logs.redact_in_logs(self.redact.values)
 
     def auth_headers(self) -> dict[str, str]:
