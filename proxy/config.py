@@ -65,6 +65,11 @@ class ProviderConfig:
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     max_connections: int = 256
+    max_response_mb: float = 16.0        # a non-streamed upstream reply, decompressed
+
+    @property
+    def max_response_bytes(self) -> int:
+        return int(self.max_response_mb * 1024 * 1024)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,8 @@ SERVER = {"host": (STR, "127.0.0.1"), "port": (INT, 8080), "workers": (INT, 1), 
           "max_connections": (COUNT, 4096)}
 TIMEOUTS = {"connect": (NUM, 10.0), "first_byte": (NUM, 120.0), "idle": (NUM, 60.0), "total": (NUM, 600.0)}
 PROVIDER = {"type": (STR, None), "base_url": (STR, None), "api_key": (STR, None), "timeouts": (MAP, None),
-            "headers": (MAP, None), "options": (MAP, None), "max_connections": (INT, 256)}
+            "headers": (MAP, None), "options": (MAP, None), "max_connections": (INT, 256),
+            "max_response_mb": (POSITIVE, 16.0)}
 MODEL = {"targets": (LIST, None), "strategy": (STR, "fallback"), "pricing": (MAP, None),
          "context_length": (INT, None, True), "capabilities": (MAP, None), "auto_cache": (BOOL, False),
          "cache": (BOOL, None, True), "max_tokens": (INT, None, True), "retries": (INT, 2),
@@ -138,7 +139,8 @@ def _providers(r: _Reader, value: dict, warnings: list[str]) -> dict[str, Provid
         out[name] = ProviderConfig(name=name, type=f["type"], base_url=(f["base_url"] or "").rstrip("/") or None,
                                    api_key=api_key, api_key_env=key_env, disabled_reason=disabled,
                                    timeouts=timeouts, headers=MappingProxyType(headers),
-                                   options=MappingProxyType(options), max_connections=f["max_connections"])
+                                   options=MappingProxyType(options), max_connections=f["max_connections"],
+                                   max_response_mb=f["max_response_mb"])
     return out
 
 

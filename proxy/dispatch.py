@@ -19,13 +19,11 @@ import orjson
 
 from proxy import capabilities
 from proxy.context import RequestContext, RouteMatch, StreamReply
-from proxy.errors import GatewayError, InvalidRequest, PermissionDenied, ProviderError, Unavailable
+from proxy.errors import GatewayError, InvalidRequest, PermissionDenied, Unavailable, UpstreamTruncated
 from proxy.routing import resolve
 from proxy.sse import split_events
 
 GATEWAY_FIELDS = ("preset", "cache", "models")
-RETRYABLE_CODES = ("upstream_timeout", "upstream_unreachable", "upstream_broken", "upstream_malformed",
-                   "upstream_error_body", "upstream_stream_error")
 PEEK_EVENTS = 8       # events read ahead at most while waiting for the first content token
 MAX_RETRY_WAIT = 2.0   # seconds; an upstream asking for longer is not retried, we fall back instead
 MAX_RATE_LIMIT_PAUSE = 3600.0   # seconds; the longest an upstream's 429 Retry-After pauses a target
@@ -64,14 +62,11 @@ def ordered_targets(route) -> list:
 
 
 def is_retryable(err: GatewayError, route) -> bool:
-    """Worth another try on the same target: the route's `retry_on` statuses, or an error whose
-    type says so (`retryable`: connection failures, timeouts, answers broken before anything
-    reached the client); for error types without that property, their codes."""
+    """Worth another try on the same target: the route's `retry_on` statuses, or an error
+    whose type says so (connection failures, timeouts, answers malformed or broken before
+    anything reached the client: see proxy.errors UpstreamError)."""
     status = err.upstream_status
-    if status is not None and status in route.retry_on:
-        return True
-    retryable = getattr(err, "retryable", None)
-    return retryable if retryable is not None else err.code in RETRYABLE_CODES
+    return err.retryable or (status is not None and status in route.retry_on)
 
 
 def is_client_error(err: GatewayError) -> bool:
@@ -219,7 +214,7 @@ async def _peek(ctx: RequestContext, it) -> AsyncIterator[bytes]:
                 break
     except StopAsyncIteration:
         if not head:
-            raise ProviderError(f"provider '{ctx.provider}' sent an empty stream", code="upstream_broken")
+            raise UpstreamTruncated(f"provider '{ctx.provider}' sent an empty stream")
     return _replay(head, it)
 
 

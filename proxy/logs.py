@@ -1,5 +1,9 @@
 """structlog set up once: JSON lines (orjson) on stdout, bound request context, cached loggers.
 
+Every structlog line goes through `_redact` last: the secrets of every provider configured in
+this process (registered by value with `redact_in_logs`) and anything shaped like a credential
+are replaced in its text, whatever put them there. The access line holds no upstream text.
+
 The per-request access line is the one log line on the hot path; `access_line` writes it
 straight to the same stream in the same JSON shape (event, level, timestamp), skipping
 structlog's processor chain (a quarter of the cost, measured). The lines of the requests that
@@ -16,10 +20,43 @@ import time
 import orjson
 import structlog
 
+from proxy.errors import Redactor
+
 _stream = None
 _access_enabled = True
 _pending: list[bytes] = []     # access lines waiting for the end of this event-loop turn
 _pending_loop = None           # the loop that will write them
+# The secrets of the providers configured in this process (kept across reloads: a retired key
+# in a log line is still a key). Process-wide like the structlog configuration it serves.
+_secrets: set[str] = set()
+_redactor = Redactor()
+
+
+def redact_in_logs(values) -> None:
+    """Replace these values (a provider's api_key and header values) in every log line."""
+    global _redactor
+    if not _secrets.issuperset(values):
+        _secrets.update(values)
+        _redactor = Redactor(_secrets)
+
+
+def _redact(logger, method: str, event: dict) -> dict:
+    """structlog processor: every string value of the event with its secrets replaced."""
+    redact = _redactor
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = redact(value)
+        elif isinstance(value, (dict, list, tuple)):
+            text = orjson.dumps(value, default=str).decode()
+            clean = redact(text)
+            if clean != text:
+                try:
+                    event[key] = orjson.loads(clean)
+                except orjson.JSONDecodeError:   # a pattern took a quote with it: keep the text
+                    event[key] = clean
+        elif not isinstance(value, (int, float, bool, type(None))):
+            event[key] = redact(str(value))
+    return event
 
 
 def configure(level: str = "info", stream=None) -> None:
@@ -33,6 +70,7 @@ def configure(level: str = "info", stream=None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            _redact,
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),

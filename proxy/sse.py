@@ -2,7 +2,8 @@
 
 `iter_batches(chunks)` reads an async iterator of byte chunks (an aiohttp StreamReader) and
 yields, per chunk read, the list of `SSEEvent`s it completed — so a pass-through forwards
-everything that arrived in one write. `iter_events` yields them one by one. `raw` keeps the
+everything that arrived in one write. `iter_events` yields them one by one. `data_batches`
+reads an upstream stream with the idle rule (only data events count as activity). `raw` keeps the
 event's exact bytes (terminator included) so pass-through providers forward it untouched.
 
 A stream's items (StreamReply.events) are bytes holding one or more complete events;
@@ -10,8 +11,11 @@ A stream's items (StreamReply.events) are bytes holding one or more complete eve
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import AsyncIterable, AsyncIterator
+from typing import AsyncIterable, AsyncIterator, Awaitable, Callable
+
+MAX_EVENT_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -43,16 +47,18 @@ def parse_event(raw: bytes) -> SSEEvent:
     return SSEEvent(raw, event, b"\n".join(data_lines))
 
 
-async def iter_batches(chunks: AsyncIterable[bytes], max_event_bytes: int = 8 * 1024 * 1024
-                       ) -> AsyncIterator[list[SSEEvent]]:
-    """Split a byte stream into SSE events, one list per chunk read (empty lists skipped).
-    Handles \n\n, \r\n\r\n and events split across chunks. Raises ValueError when one
-    event grows beyond `max_event_bytes`."""
-    buf = b""
-    async for chunk in chunks:
-        if not chunk:
-            continue
-        buf = buf + chunk if buf else chunk
+class EventSplitter:
+    """Bytes in, complete events out. Handles \n\n, \r\n\r\n and events split across chunks;
+    `feed` raises ValueError when one event grows beyond `max_event_bytes`."""
+
+    __slots__ = ("buf", "max_event_bytes")
+
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES):
+        self.buf = b""
+        self.max_event_bytes = max_event_bytes
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        buf = self.buf + chunk if self.buf else chunk
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n")
         events = []
@@ -63,16 +69,56 @@ async def iter_batches(chunks: AsyncIterable[bytes], max_event_bytes: int = 8 * 
                 break
             events.append(parse_event(buf[start:end + 2]))
             start = end + 2
-        buf = buf[start:]
-        if len(buf) > max_event_bytes:
+        self.buf = buf = buf[start:]
+        if len(buf) > self.max_event_bytes:
             raise ValueError("SSE event exceeds the size limit")
+        return events
+
+    def end(self) -> list[SSEEvent]:
+        """What is left once the byte stream ended (an event without its blank line)."""
+        buf, self.buf = self.buf, b""
+        return [parse_event(buf + b"\n\n")] if buf.strip() else []
+
+
+async def iter_batches(chunks: AsyncIterable[bytes], max_event_bytes: int = MAX_EVENT_BYTES
+                       ) -> AsyncIterator[list[SSEEvent]]:
+    """Split a byte stream into SSE events, one list per chunk read (empty lists skipped).
+    Raises ValueError when one event grows beyond `max_event_bytes`."""
+    splitter = EventSplitter(max_event_bytes)
+    async for chunk in chunks:
+        if chunk:
+            events = splitter.feed(chunk)
+            if events:
+                yield events
+    tail = splitter.end()
+    if tail:
+        yield tail
+
+
+async def data_batches(read: Callable[[], Awaitable[bytes]], idle: float,
+                       max_event_bytes: int = MAX_EVENT_BYTES) -> AsyncIterator[list[SSEEvent]]:
+    """The events that carry data, one list per read that completed some (`read()` returns
+    b"" at the end). `idle` bounds the wait from one data event to the next: comments and
+    keep-alives do not reset it, so an upstream that sends only those is cut after `idle`
+    (TimeoutError). Raises ValueError for an event over `max_event_bytes`."""
+    loop = asyncio.get_running_loop()
+    splitter = EventSplitter(max_event_bytes)
+    deadline = loop.time() + idle
+    while True:
+        async with asyncio.timeout_at(deadline):
+            chunk = await read()
+        if not chunk:
+            break
+        events = [e for e in splitter.feed(chunk) if e.data]
         if events:
+            deadline = loop.time() + idle
             yield events
-    if buf.strip():
-        yield [parse_event(buf + b"\n\n")]
+    tail = [e for e in splitter.end() if e.data]
+    if tail:
+        yield tail
 
 
-async def iter_events(chunks: AsyncIterable[bytes], max_event_bytes: int = 8 * 1024 * 1024
+async def iter_events(chunks: AsyncIterable[bytes], max_event_bytes: int = MAX_EVENT_BYTES
                       ) -> AsyncIterator[SSEEvent]:
     """The events of `iter_batches`, one at a time."""
     async for batch in iter_batches(chunks, max_event_bytes):

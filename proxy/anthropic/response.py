@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 import orjson
 
 from proxy.context import Usage, token_count
-from proxy.errors import ContextTooLong, GatewayError, ProviderError, from_upstream, sanitise
+from proxy.errors import ContextTooLong, GatewayError, Redactor, UpstreamStatus, from_upstream, sanitise
 
 REASONING_FORMAT = "anthropic-claude-v1"
 STOP_REASONS: dict[str, str] = {
@@ -135,23 +135,27 @@ def _error_parts(body: Any) -> tuple[str, str]:
             body = orjson.loads(body)
         except orjson.JSONDecodeError:
             text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-            return "api_error", text.strip()[:200] or "no error message"
+            return "api_error", text.strip() or "no error message"     # trimmed after redaction
     err = body.get("error") if isinstance(body, dict) else None
     if not isinstance(err, dict):
         return "api_error", "no error message"
     return str(err.get("type") or "api_error"), str(err.get("message") or "no error message")
 
 
-def error_from_response(status: int, body: Any, *, provider: str, retry_after: str | None = None) -> GatewayError:
-    """An Anthropic HTTP error response -> the gateway error (SPEC §6 'Upstream errors')."""
+def error_from_response(status: int, body: Any, *, provider: str, retry_after: str | None = None,
+                        redact: Redactor | None = None) -> GatewayError:
+    """An Anthropic HTTP error response -> the gateway error (SPEC §6 'Upstream errors');
+    `redact` takes the provider's secrets out of the upstream's text."""
     kind, message = _error_parts(body)
     if status == 400 and "prompt is too long" in message:
-        return ContextTooLong(f"{provider}: {sanitise(message)}", param="messages", upstream_status=400)
-    return from_upstream(status, f"{kind}: {message}", provider=provider, retry_after=retry_after)
+        return ContextTooLong(f"{provider}: {sanitise(message, redact=redact)}", param="messages",
+                              upstream_status=400)
+    return from_upstream(status, f"{kind}: {message}", provider=provider, retry_after=retry_after, redact=redact)
 
 
-def error_from_event(data: Any, *, provider: str) -> ProviderError:
-    """An `error` event inside a stream (e.g. overloaded_error) -> ProviderError (502)."""
+def error_from_event(data: Any, *, provider: str, redact: Redactor | None = None) -> UpstreamStatus:
+    """An `error` event inside a stream (e.g. overloaded_error) -> a 502 carrying the status
+    Anthropic uses for that error type (so the route's `retry_on` decides a retry)."""
     kind, message = _error_parts(data)
-    return ProviderError(f"{provider} stream failed: {kind}: {sanitise(message)}",
-                         upstream_status=ERROR_STATUS.get(kind, 500))
+    return UpstreamStatus(f"{provider} stream failed: {kind}: {sanitise(message, redact=redact)}",
+                          upstream_status=ERROR_STATUS.get(kind, 500))

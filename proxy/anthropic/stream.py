@@ -22,18 +22,20 @@ import orjson
 from proxy.anthropic.response import encrypted_detail, error_from_event, finish_reason, text_detail, \
     usage_from_anthropic
 from proxy.context import Usage
+from proxy.errors import Redactor
 
 Chunk = dict[str, Any]
 TEXT, TOOL, JSON, THINKING, OTHER = "text", "tool", "json", "thinking", "other"
 
 
 class StreamTranslator:
-    __slots__ = ("provider", "json_tool", "id", "model", "created", "usage", "finish_reason", "done",
+    __slots__ = ("provider", "redact", "json_tool", "id", "model", "created", "usage", "finish_reason", "done",
                  "_raw_usage", "_blocks", "_tools", "_reasoning", "_thought", "_sep")
 
     def __init__(self, *, json_tool: str | None = None, provider: str = "anthropic", model: str = "",
-                 created: int | None = None):
+                 created: int | None = None, redact: Redactor | None = None):
         self.provider = provider
+        self.redact = redact         # takes the provider's secrets out of an error event's text
         self.json_tool = json_tool
         self.id = "msg_unknown"
         self.model = model
@@ -86,7 +88,7 @@ class StreamTranslator:
         return []
 
     def _error(self, data: dict[str, Any]) -> list[Chunk]:
-        raise error_from_event(data, provider=self.provider)
+        raise error_from_event(data, provider=self.provider, redact=self.redact)
 
     def _ignore(self, data: dict[str, Any]) -> list[Chunk]:
         return []

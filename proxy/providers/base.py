@@ -1,8 +1,11 @@
 """The provider interface: one module per upstream type implements it.
 
 A provider turns an OpenAI Chat Completions request body (model already rewritten to the
-upstream name) into a Reply. Errors are raised as GatewayError subclasses (see
-proxy.errors.from_upstream), mapped here at the boundary, never later.
+upstream name) into a Reply. Errors are raised as GatewayError subclasses, mapped at the
+boundary, never later: a remote provider subclasses proxy.providers.http.HTTPProvider, which
+maps statuses and transport failures to the typed upstream errors (proxy.errors: timeout,
+unreachable, bad response, truncated, status N; retryability is the type's) and takes the
+provider's secrets out of every upstream text.
 
 Streams: `chat` returns only once the upstream has answered with a success status, so a
 failure before the first byte is a real HTTP status. The returned StreamReply yields

@@ -15,13 +15,17 @@ prompts and answers others), counted and answered under that text:
   reset-early             resets the connection (RST) without answering
   reset-body              headers + 100 of the promised 2000 body bytes, then RST
   huge-json-<mb>          a valid completion whose content is <mb> MB long
+  gzip-bomb-<mb>          a completion gzip-compressed (Content-Encoding: gzip) from <mb> MB
+                          down to about a thousandth of that
 Streams; "first token" is the role chunk plus the first content chunk, so these faults come
 after the first content token reached the gateway (the client has seen bytes):
   reset-stream            first token, then RST
   error-after-content     first token, then an OpenAI error event
   malformed-sse-json      first token, an event whose data is truncated JSON, then a clean end
+  not-json-event          first token, then `data: {not json}`, then a clean end
   endless                 first token, then a content chunk every 50 ms, forever
   endless-comments        first token, then `: keep-alive` every 50 ms, forever
+  comments-only           `: keep-alive` every 50 ms from the start, forever (no event at all)
   huge-event              first token, then one SSE event of 9 MB that never ends
   gated                   first token, then waits for `gate` to be set, then the rest
 and these before it (a gateway that peeks the stream can still fall back):
@@ -33,10 +37,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import re
 import socket
 import struct
 import time
+import zlib
 
 import orjson
 
@@ -158,6 +164,13 @@ class FaultyUpstream:
             writer.write(head(length=2000) + b'{"id": "chatcmpl-faulty", "object": "chat.completion", "cho'
                          + b" " * 40)
             return await _reset(writer)
+        elif model.startswith("gzip-bomb-"):
+            data = gzip_bomb(float(model[10:]))
+            writer.write(head(length=len(data), extra={"Content-Encoding": "gzip"}))
+            for i in range(0, len(data), 64 * 1024):
+                writer.write(data[i:i + 64 * 1024])
+                await writer.drain()
+            return
         elif model.startswith("huge-json-"):
             data = orjson.dumps(completion(model, "x" * int(float(model[10:]) * 1024 * 1024)))
             writer.write(head(length=len(data)))
@@ -176,6 +189,12 @@ class FaultyUpstream:
             return
         if model == "malformed-sse":
             writer.write(b"<html><body>502 Bad Gateway</body></html>\n")
+            return
+        if model == "comments-only":
+            while not writer.is_closing():
+                writer.write(b": keep-alive\n\n")
+                await writer.drain()
+                await asyncio.sleep(0.05)
             return
         writer.write(chunk(model, {"role": "assistant", "content": ""}))
         await writer.drain()
@@ -204,6 +223,8 @@ class FaultyUpstream:
             await self.gate.wait()
         if model == "malformed-sse-json":
             writer.write(b'data: {"id": "chatcmpl-faulty", "choices": [{"index": 0, "delta": {"cont\n\n')
+        if model == "not-json-event":
+            writer.write(b"data: {not json}\n\n")
         for piece in CONTENT[1:]:
             writer.write(chunk(model, {"content": piece}))
         writer.write(chunk(model, {}, "stop"))
@@ -213,7 +234,21 @@ class FaultyUpstream:
 
 
 STREAM_ONLY = ("empty-stream", "malformed-sse", "reset-role", "reset-stream", "error-after-content", "endless",
-               "endless-comments", "huge-event", "gated", "malformed-sse-json")
+               "endless-comments", "huge-event", "gated", "malformed-sse-json", "not-json-event", "comments-only")
+
+
+@functools.lru_cache(maxsize=4)
+def gzip_bomb(mb: float) -> bytes:
+    """A chat completion of `mb` MB (content all "x"), gzip-compressed in 1 MB steps."""
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)          # wbits 31: the gzip container
+    prefix, suffix = orjson.dumps(completion("bomb", "@")).split(b'"@"')
+    out = [z.compress(prefix + b'"')]
+    block = b"x" * (1024 * 1024)
+    for _ in range(int(mb)):
+        out.append(z.compress(block))
+    out.append(z.compress(b'"' + suffix))
+    out.append(z.flush())
+    return b"".join(out)
 
 
 async def _reset(writer: asyncio.StreamWriter) -> None:

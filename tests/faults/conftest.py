@@ -13,13 +13,16 @@ import aiohttp
 import orjson
 import pytest
 
+from tests.fakes.echo_upstream import EchoUpstream
 from tests.fakes.faulty_upstream import closed_port
 from tests.wire import chat_body, sse_data  # noqa: F401  (re-exported for the tests)
 
 CHAT = "/v1/chat/completions"
 
 # `bad/<behaviour>` goes to the FaultyUpstream, `up/<behaviour>` to the aiohttp FakeOpenAI,
-# `dead/<x>` to a port that refuses connections; `ok` is the mock provider.
+# `dead/<x>` to a port that refuses connections; `ok` is the mock provider. `long/*` is the
+# FaultyUpstream with a 30 s `total` (what ends a stream there is `idle`), `small/*` with a
+# 1 MB `max_response_mb`.
 CONFIG = """
 server: {{data_dir: "{data_dir}", max_body_mb: {max_body_mb}, max_json_depth: 32, body_timeout: 0.5}}
 middlewares: [{middlewares}]
@@ -27,11 +30,15 @@ providers:
   bad: {{type: openai, base_url: "{faulty}", timeouts: {{connect: 1, first_byte: 1, idle: 0.5, total: 1.2}}}}
   up: {{type: openai, base_url: "{fake}", timeouts: {{connect: 1, first_byte: 0.5, idle: 0.5, total: 5}}}}
   dead: {{type: openai, base_url: "http://127.0.0.1:{closed}/v1", timeouts: {{connect: 1}}}}
+  long: {{type: openai, base_url: "{faulty}", timeouts: {{connect: 1, first_byte: 5, idle: 0.5, total: 30}}}}
+  small: {{type: openai, base_url: "{faulty}", max_response_mb: 1, timeouts: {{connect: 1, idle: 0.5}}}}
   mock: {{type: mock, options: {{chunks: 3}}}}
 models:
   "bad/*": {{targets: [{{provider: bad}}], retries: 0}}
   "up/*": {{targets: [{{provider: up}}], retries: 0}}
   "dead/*": {{targets: [{{provider: dead}}], retries: 0}}
+  "long/*": {{targets: [{{provider: long}}], retries: 0}}
+  "small/*": {{targets: [{{provider: small}}], retries: 0}}
   ok: {{targets: [{{provider: mock}}], pricing: {{input: 1, output: 2}}}}
 {extra}
 """
@@ -197,6 +204,14 @@ async def settle(measure, rounds: int = 40) -> int:
         if same >= 3:
             break
     return last
+
+
+@pytest.fixture
+async def echo():
+    """The upstream that echoes its request headers (tests/fakes/echo_upstream.py)."""
+    upstream = await EchoUpstream().start()
+    yield upstream
+    await upstream.stop()
 
 
 @pytest.fixture

@@ -24,7 +24,9 @@ CASES = [
     pytest.param("bad/malformed-sse-json", True, 200, "upstream_malformed", id="malformed-sse-bad-json"),
     pytest.param("bad/empty-stream", True, 502, "upstream_broken", id="empty-stream"),
     pytest.param("bad/endless", True, 200, "upstream_broken", id="never-ending-sse-total-timeout"),
-    pytest.param("bad/endless-comments", True, 200, "upstream_broken", id="keep-alive-forever-total-timeout"),
+    pytest.param("bad/endless-comments", True, 200, "upstream_broken", id="keep-alive-forever-idle-timeout"),
+    pytest.param("bad/comments-only", True, 502, "upstream_broken", id="keep-alives-only-idle-timeout"),
+    pytest.param("bad/not-json-event", True, 200, "upstream_malformed", id="not-json-event"),
     pytest.param("up/stall", True, 200, "upstream_broken", id="stall-between-chunks-idle-timeout"),
     pytest.param("up/slow", False, 502, "upstream_timeout", id="no-first-byte-timeout"),
     pytest.param("up/slow", True, 502, "upstream_timeout", id="no-first-byte-timeout-stream"),
@@ -72,10 +74,9 @@ async def test_huge_but_valid_response_passes_whole(harness):
     await harness.assert_healthy()
 
 
-async def test_response_over_the_size_limit_is_502(harness, monkeypatch):
-    monkeypatch.setattr("proxy.providers.openai.MAX_RESPONSE_BODY", 1024 * 1024)
+async def test_response_over_the_size_limit_is_502(harness):
     await harness.baseline()
-    status, headers, body = await harness.post(chat("bad/huge-json-3"))
+    status, headers, body = await harness.post(chat("small/huge-json-3"))      # max_response_mb: 1
     assert_envelope(status, headers, body, 502, "provider_error", "upstream_too_large")
     row = await harness.row(headers["x-request-id"])
     assert (row["status"], row["error_type"]) == (502, "provider_error")
