@@ -2,6 +2,11 @@
 upstream and a fake Anthropic API (each on 127.0.0.1), with the accounting ledger on."""
 from __future__ import annotations
 
+import asyncio
+import os
+import sqlite3
+import time
+
 import pytest
 
 from tests.fakes.anthropic_upstream import FakeAnthropic, start
@@ -51,3 +56,22 @@ async def trio(make_gateway, fake_openai, fake_anthropic):
     text = CONFIG.format(openai=fake_openai.url, anthropic=fake_anthropic.url, ant_key=ANT_KEY,
                          pricing=PRICING)
     return await make_gateway(text)
+
+
+async def ledger_row(gw, request_id: str, timeout: float = 5.0) -> dict:
+    path = os.path.join(gw.gateway.data_dir, "modelway.db")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+            conn.row_factory = sqlite3.Row
+            try:
+                rows = [dict(r) for r in conn.execute("SELECT * FROM ledger WHERE request_id = ?", (request_id,))]
+            except sqlite3.OperationalError:
+                rows = []
+            finally:
+                conn.close()
+            if rows:
+                return rows[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no ledger row for {request_id}")

@@ -6,17 +6,12 @@ version, query - with only `model` rewritten, and the client gets Anthropic's an
 """
 from __future__ import annotations
 
-import asyncio
-import os
-import sqlite3
-import time
-
 import anthropic
 import orjson
 import pytest
 
 from tests.inbound import claude_code
-from tests.inbound.conftest import ANT_KEY
+from tests.inbound.conftest import ANT_KEY, ledger_row
 
 URL = "/v1/messages?" + claude_code.QUERY
 
@@ -25,25 +20,6 @@ async def post(http, gw, body: dict, headers: dict | None = None) -> tuple[int, 
     hdrs = {**claude_code.headers("sk-client-test"), **(headers or {})}
     async with http.post(gw.url + URL, data=orjson.dumps(body), headers=hdrs) as resp:
         return resp.status, resp.headers.copy(), await resp.read()
-
-
-async def ledger_row(gw, request_id: str, timeout: float = 5.0) -> dict:
-    path = os.path.join(gw.gateway.data_dir, "modelway.db")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.path.exists(path):
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-            conn.row_factory = sqlite3.Row
-            try:
-                rows = [dict(r) for r in conn.execute("SELECT * FROM ledger WHERE request_id = ?", (request_id,))]
-            except sqlite3.OperationalError:
-                rows = []
-            finally:
-                conn.close()
-            if rows:
-                return rows[0]
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no ledger row for {request_id}")
 
 
 def sse(raw: bytes) -> list[tuple[str, dict]]:
