@@ -150,8 +150,8 @@ class FakeAnthropic:
                         raise Rejected(400, "invalid_request_error",
                                        f"{where}: Invalid `data` in `redacted_thinking` block")
                     self.verified_thinking.append(block)
-        if body.get("thinking") is None:
-            return
+        if (body.get("thinking") or {}).get("type") != "enabled":
+            return          # adaptive thinking may skip a turn's thinking: nothing to require
         # the assistant turn being continued with tool results must keep its thinking first
         for i in range(len(messages) - 1, 0, -1):
             msg, prev = messages[i], messages[i - 1]
