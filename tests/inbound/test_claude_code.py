@@ -174,3 +174,21 @@ async def test_claude_target_errors_are_anthropic_errors(trio, http, make_gatewa
     err = orjson.loads(raw)
     assert err["type"] == "error" and err["error"]["type"] == "invalid_request_error"
     assert "alternate" in err["error"]["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_claude_target_answers_are_cached_as_they_came(trio, http, fake_anthropic, stream):
+    body = claude_code.request("claude-cached", stream=stream)
+    status, first_headers, first = await post(http, trio, body)
+    assert status == 200 and first_headers["x-cache"] == "MISS", first
+    n = len(fake_anthropic.requests)
+    status, headers, again = await post(http, trio, body)
+    assert status == 200 and headers["x-cache"] == "HIT"
+    assert again == first and len(fake_anthropic.requests) == n        # the same bytes, no upstream call
+    row = await ledger_row(trio, headers["x-request-id"])
+    assert (row["cache_hit"], row["cost"], row["status"]) == (1, 0.0, 200)
+    assert row["completion_tokens"] == fake_anthropic.answers[-1]["usage"]["output_tokens"]
+    # an Anthropic-only field the translation drops still tells requests apart
+    other = {**body, "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": {"type": "thinking_turns", "value": 1}}]}}
+    status, headers, _ = await post(http, trio, other)
+    assert status == 200 and headers["x-cache"] == "MISS" and len(fake_anthropic.requests) == n + 1
