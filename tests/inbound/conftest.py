@@ -29,6 +29,7 @@ models:
   mock-echo: {{targets: [{{provider: mock}}], pricing: {pricing}}}
   gpt-smart: {{targets: [{{provider: up, model: smart-4o}}], pricing: {pricing}}}
   claude-sonnet: {{targets: [{{provider: anthropic, model: claude-sonnet-4-5-20250929}}], pricing: {pricing}}}
+  claude-midstream: {{targets: [{{provider: anthropic, model: claude-midstream-error}}], pricing: {pricing}}}
   claude-cached:
     targets: [{{provider: anthropic, model: claude-sonnet-4-5-20250929}}]
     cache: true

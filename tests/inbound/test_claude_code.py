@@ -192,3 +192,13 @@ async def test_claude_target_answers_are_cached_as_they_came(trio, http, fake_an
     other = {**body, "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": {"type": "thinking_turns", "value": 1}}]}}
     status, headers, _ = await post(http, trio, other)
     assert status == 200 and headers["x-cache"] == "MISS" and len(fake_anthropic.requests) == n + 1
+
+
+async def test_claude_stream_error_after_the_start_goes_on_as_sent(trio, http, fake_anthropic):
+    status, headers, raw = await post(http, trio, claude_code.request("claude-midstream", stream=True))
+    assert status == 200
+    events = sse(raw)
+    assert events[-1] == ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+    assert [n for n, _ in events].count("error") == 1                    # Anthropic's own, not a second one
+    row = await ledger_row(trio, headers["x-request-id"])
+    assert (row["status"], row["error_type"], row["partial"]) == (502, "provider_error", 1)
