@@ -16,6 +16,7 @@ import orjson
 from aiohttp import hdrs
 from multidict import istr
 
+from proxy import native_cache
 from proxy.chunks import Assembler, replay
 from proxy.context import JSONReply, StreamReply, Usage
 from proxy.dispatch import resolve_route
@@ -73,9 +74,13 @@ class Cache(Middleware):
         if not no_cache and store.might_have(key):
             hit = await store.get(key)
             if hit is not None:
-                return self._hit(ctx, orjson.loads(hit))
+                reply = self._hit(ctx, orjson.loads(hit))
+                if reply is not None:
+                    return reply
         ctx.cache_status = ctx.response_headers[X_CACHE] = "MISS"
         reply = await call_next(ctx)
+        if native_cache.is_native(ctx):         # a Claude target's answer, stored as it came
+            return self._store_native(ctx, reply, key, ttl)
         if type(reply) is JSONReply:
             if reply.status == 200 and type(reply.body) is dict and _complete(reply.body):
                 # serialised here once: the same bytes answer the client and go into the cache
@@ -85,7 +90,25 @@ class Cache(Middleware):
         reply.events = self._tee(ctx, reply.events, key, ttl)
         return reply
 
+    def _store_native(self, ctx, reply, key: str, ttl: float):
+        store = self.gateway.response_cache
+        if type(reply) is JSONReply:
+            entry = native_cache.stored_json(ctx, reply)
+            if entry is not None:
+                store.put_later(key, entry, ttl)
+        else:
+            reply.events = native_cache.tee(ctx, reply.events, lambda entry: store.put_later(key, entry, ttl))
+        return reply
+
     def _hit(self, ctx, stored: dict):
+        if "native" in stored:
+            reply = native_cache.hit(ctx, stored)
+            if reply is None:            # stored plain, asked streamed (or the reverse): a miss
+                return None
+            ctx.cache_hit = True
+            ctx.cache_status = ctx.response_headers[X_CACHE] = "HIT"
+            ctx.finalize_cost()
+            return reply
         ctx.cache_hit = True
         ctx.cache_status = ctx.response_headers[X_CACHE] = "HIT"
         completion = stored["completion"]
@@ -181,7 +204,9 @@ def cache_key(ctx, shared: bool, route: bytes) -> str:
     texts, which a JSON reader can take apart again: no two requests share the bytes."""
     scope = None if shared or ctx.key is None else ctx.key.id
     body = {k: v for k, v in ctx.body.items() if k not in IGNORED}
-    return hashlib.blake2b(route + orjson.dumps([scope, body], option=orjson.OPT_SORT_KEYS),
+    native = native_cache.key_part(ctx)       # a request also sent as is: all of it counts
+    parts = [scope, body] if native is None else [scope, body, native]
+    return hashlib.blake2b(route + orjson.dumps(parts, option=orjson.OPT_SORT_KEYS),
                            digest_size=16).hexdigest()
 
 

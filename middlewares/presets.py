@@ -31,7 +31,7 @@ class Presets(Middleware):
 
     def before(self, ctx) -> None:
         body = ctx.body
-        if body is not None and ctx.endpoint in ("chat", "messages", "responses"):
+        if body is not None and ctx.endpoint in ("chat", "messages", "responses", "completions"):
             model = body.get("model")
             if "preset" not in body and not (isinstance(model, str) and model.startswith(PREFIXES)):
                 return      # the usual request: no preset

@@ -8,6 +8,7 @@ import structlog
 from aiohttp import web
 
 from proxy import handlers
+from proxy.completions import completions
 from proxy.errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from proxy.gateway import Gateway
 from proxy.handlers import GATEWAY, new_context, request_id, run
@@ -33,16 +34,22 @@ async def edge(request: web.Request, handler):
             err = PayloadTooLarge("Request body is too large.")
         else:
             raise
-        return web.Response(body=err.to_json(rid), status=err.status, content_type="application/json",
-                            headers={"x-request-id": rid})
+        return _error(request, err, rid)
     except Exception:
         log.exception("unhandled_error", request_id=rid, path=request.path)
-        err = GatewayError("The gateway hit an internal error; the request id identifies it in the logs.")
-        return web.Response(body=err.to_json(rid), status=500, content_type="application/json",
-                            headers={"x-request-id": rid})
+        return _error(request, GatewayError("The gateway hit an internal error; the request id identifies it "
+                                            "in the logs."), rid)
     if "x-request-id" not in resp.headers and not resp.prepared:
         resp.headers["x-request-id"] = rid
     return resp
+
+
+def _error(request: web.Request, err: GatewayError, rid: str) -> web.Response:
+    """An error at the edge; every /v1/messages* path (its clients are Anthropic SDKs) in Anthropic's shape."""
+    path = request.path
+    anthropic = path == "/v1/messages" or path.startswith("/v1/messages/")
+    body = err.to_anthropic_json() if anthropic else err.to_json(rid)
+    return web.Response(body=body, status=err.status, content_type="application/json", headers={"x-request-id": rid})
 
 
 async def models(request: web.Request) -> web.StreamResponse:
@@ -110,6 +117,8 @@ def create_app(gateway: Gateway) -> web.Application:
     r.add_route("GET", "/v1/responses/{response_id}", stored_responses)
     r.add_route("DELETE", "/v1/responses/{response_id}", stored_responses)
     r.add_get("/v1/responses/{response_id}/input_items", stored_responses)
+    r.add_post("/v1/messages/count_tokens", handlers.count_tokens)
+    r.add_post("/v1/completions", completions)
     r.add_get("/v1/models", models)
     r.add_get("/v1/models/{model_id:.+}", models)
     for path in ("/v1/account/balance", "/v1/account/activity", "/v1/account/analytics"):

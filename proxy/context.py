@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from proxy.gateway import Gateway, State
 
 
-INFERENCE_ENDPOINTS = frozenset(("chat", "messages", "embeddings", "responses"))   # metered and rate limited
+INFERENCE_ENDPOINTS = frozenset(("chat", "messages", "embeddings", "responses", "completions"))   # metered and rate limited
 
 
 def round_ms(ms: float, per: int) -> float:
@@ -147,7 +147,7 @@ class RequestContext:
     request: "web.Request"
     gateway: "Gateway"
     request_id: str
-    endpoint: str                      # chat | messages | embeddings | models | account
+    endpoint: str                      # chat | messages | count_tokens | completions | embeddings | models | account
     state: "State | None" = None       # the routing table snapshot this request runs on
     started: float = field(default_factory=time.perf_counter)
     created: float = field(default_factory=time.time)

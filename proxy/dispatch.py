@@ -17,7 +17,7 @@ from typing import AsyncIterator
 
 import orjson
 
-from proxy import capabilities
+from proxy import capabilities, native
 from proxy.context import RequestContext, RouteMatch, StreamReply
 from proxy.errors import GatewayError, InvalidRequest, PermissionDenied, Unavailable, UpstreamTruncated
 from proxy.routing import resolve
@@ -145,15 +145,21 @@ async def _try_target(ctx: RequestContext, match: RouteMatch, target, hkey: tupl
     attempt."""
     route, state = match.route, ctx.state
     ctx.match, ctx.target, ctx.provider, ctx.upstream_model = match, target, target.provider, hkey[1]
-    body = upstream_body(ctx, match, target)
-    if ctx.endpoint != "embeddings":
-        capabilities.check(body, state.capabilities(route, target), match.public_model)
     provider = state.providers[target.provider]
+    call = native.handler(ctx, provider)
+    if call is not None:       # the provider speaks the client's format: its request untranslated
+        body = native.body_for(ctx, hkey[1])
+    else:
+        body = upstream_body(ctx, match, target)
+        if ctx.endpoint != "embeddings":
+            caps = state.capabilities(route, target)
+            native.fit(ctx, body, caps)
+            capabilities.check(body, caps, match.public_model)
     attempt = 0
     while True:
         ctx.attempts += 1
         try:
-            reply = await _call(ctx, provider, body)
+            reply = await _call(ctx, provider, body, call)
         except GatewayError as err:
             if is_client_error(err):
                 raise
@@ -193,10 +199,16 @@ def _gauge(ctx: RequestContext, hkey: tuple, value: int) -> None:
                                   "until it answers again.")
 
 
-async def _call(ctx: RequestContext, provider, body: dict):
-    if ctx.endpoint == "embeddings":
-        return await provider.embeddings(ctx, body)
-    reply = await provider.chat(ctx, body)     # body is this target's own copy (upstream_body)
+async def _call(ctx: RequestContext, provider, body: dict, call=None):
+    if call is not None:        # a reply in the client's own format (a copy: a retry sends it again)
+        ctx.extra[native.NATIVE_REPLY] = True
+        reply = await call(ctx, provider, dict(body))
+    else:
+        if ctx.extra:
+            ctx.extra.pop(native.NATIVE_REPLY, None)    # a fallback after a native attempt
+        if ctx.endpoint == "embeddings":
+            return await provider.embeddings(ctx, body)
+        reply = await provider.chat(ctx, body)     # body is this target's own copy (upstream_body)
     if isinstance(reply, StreamReply):
         reply.events = await _peek(ctx, reply.events.__aiter__())
     return reply
@@ -223,7 +235,7 @@ def carries_content(item: bytes) -> bool:
     reason or usage (or the end of the stream)."""
     for event in split_events(item):
         if not event.startswith(b"data: {"):
-            if event.startswith(b"data: [DONE]"):
+            if event.startswith((b"data: [DONE]", b"event: ")):   # named: an Anthropic stream, peeked by its call
                 return True
             continue
         try:
@@ -235,7 +247,7 @@ def carries_content(item: bytes) -> bool:
             return True
         choice = choices[0]
         delta = choice.get("delta") or {}
-        if (choice.get("finish_reason") or delta.get("content") or delta.get("tool_calls")
+        if (choice.get("finish_reason") or delta.get("content") or delta.get("tool_calls") or choice.get("text")
                 or delta.get("reasoning_content") or delta.get("reasoning_details") or delta.get("refusal")):
             return True
     return False

@@ -153,9 +153,9 @@ class MethodNotAllowed(GatewayError):
 
 
 ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                   404: "not_found_error", 413: "request_too_large", 422: "invalid_request_error",
-                   429: "rate_limit_error", 500: "api_error", 502: "api_error", 503: "overloaded_error",
-                   529: "overloaded_error"}
+                   404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
+                   422: "invalid_request_error", 429: "rate_limit_error", 500: "api_error", 502: "api_error",
+                   503: "overloaded_error", 529: "overloaded_error"}
 
 
 def from_upstream(status: int, message: str, *, provider: str, retry_after: str | None = None,

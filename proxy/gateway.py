@@ -91,7 +91,8 @@ class Gateway:
                 await provider.close()
             raise
         endpoints = {"chat": chain.wrap(dispatch), "embeddings": chain.wrap(dispatch),
-                     "messages": chain.wrap(dispatch), "models": chain.wrap(list_models_endpoint),
+                     "messages": chain.wrap(dispatch), "count_tokens": chain.wrap(dispatch),
+                     "completions": chain.wrap(dispatch), "models": chain.wrap(list_models_endpoint),
                      "account": chain.wrap(account_endpoint), "responses": responses.wrap(chain.wrap(dispatch)),
                      "stored_responses": chain.wrap(responses.stored)}
         health = old.health if old else LocalHealth()

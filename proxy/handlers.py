@@ -113,10 +113,20 @@ async def _prepare_embeddings(request: web.Request, ctx: RequestContext) -> None
     ctx.body, ctx.model, ctx.requested_model = body, model, model
 
 
+ANTHROPIC_ENDPOINTS = frozenset(("messages", "count_tokens"))   # errors in Anthropic's shape
+
+
 async def messages(request: web.Request) -> web.StreamResponse:
+    # function-level: proxy.inbound imports proxy.native, which dispatch (imported above) imports first
     from proxy.inbound.adapter import prepare_messages, to_anthropic_reply
     ctx = new_context(request, "messages")
     return await run(request, ctx, prepare_messages, to_anthropic_reply)
+
+
+async def count_tokens(request: web.Request) -> web.StreamResponse:
+    from proxy.inbound.adapter import prepare_count_tokens, to_anthropic_reply   # as in messages()
+    ctx = new_context(request, "count_tokens")
+    return await run(request, ctx, prepare_count_tokens, to_anthropic_reply)
 
 
 async def run(request: web.Request, ctx: RequestContext, prepare, adapt=None) -> web.StreamResponse:
@@ -175,7 +185,7 @@ def write_json(ctx: RequestContext, reply: JSONReply) -> web.Response:
 def error_response(ctx: RequestContext, err: GatewayError) -> web.Response:
     ctx.status, ctx.error_type, ctx.error_code = err.status, err.type, err.code
     headers = {REQUEST_ID: ctx.request_id, **ctx.response_headers, **err.headers}
-    body = err.to_anthropic_json() if ctx.endpoint == "messages" else err.to_json(ctx.request_id)
+    body = err.to_anthropic_json() if ctx.endpoint in ANTHROPIC_ENDPOINTS else err.to_json(ctx.request_id)
     return web.Response(body=body, status=err.status, content_type="application/json", headers=headers)
 
 
@@ -223,7 +233,7 @@ async def write_stream(request: web.Request, ctx: RequestContext, reply: StreamR
 
 
 def stream_error_events(ctx: RequestContext, err: GatewayError) -> bytes:
-    if ctx.endpoint == "messages":
+    if ctx.endpoint in ANTHROPIC_ENDPOINTS:
         return b"event: error\ndata: " + err.to_anthropic_json() + b"\n\n"
     return data_event(err.to_json(ctx.request_id)) + DONE
 

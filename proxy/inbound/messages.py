@@ -22,10 +22,9 @@ Top-level fields
     tool_choice auto|any|tool|none -> auto | required | {type: function, function: {name}} | none
     tool_choice.disable_parallel_tool_use -> parallel_tool_calls: false
     thinking {type: enabled, budget_tokens}
-                                   -> reasoning_effort by THINKING_EFFORT below, and `thinking`
-                                      itself passed through unchanged (the exact budget, for
-                                      providers that honour it). adaptive -> "medium";
-                                      disabled -> no reasoning_effort (thinking passed through)
+                                   -> reasoning_effort by THINKING_EFFORT below (`thinking` itself
+                                      is dropped: Claude targets get the request untranslated).
+                                      adaptive -> "medium"; disabled -> no reasoning_effort
     output_config.effort           -> reasoning_effort (max -> xhigh); wins over the budget map
     output_config.format / output_format {type: json_schema, schema}
                                    -> response_format {type: json_schema, json_schema:
@@ -45,7 +44,10 @@ Thinking budget -> reasoning_effort (THINKING_EFFORT)
     4096  <= budget_tokens < 16384 -> medium
     16384 <= budget_tokens         -> high
 
-Messages (role user | assistant; content a string or a list of blocks)
+Messages (role user | assistant | system; content a string or a list of blocks)
+    role system (Claude Code's mid-conversation system text, beta mid-conversation-system-*)
+                               -> a {role: system} message at the same place: a string, or text
+                                  parts when a block carries cache_control; other blocks are a 400
     text                       -> {type: text, text} part (cache_control kept)
     image, base64 source       -> {type: image_url, image_url: {url: "data:<media>;base64,..."}}
     image, url source          -> {type: image_url, image_url: {url}}
@@ -214,7 +216,6 @@ def _reasoning(body: dict, out: dict) -> None:
             out["reasoning_effort"] = "medium"
         elif kind not in ("disabled", "between_tools"):
             raise InvalidRequest("`thinking.type` must be enabled, adaptive or disabled", param="thinking.type")
-        out["thinking"] = thinking
     config = body.get("output_config")
     if isinstance(config, dict) and config.get("effort") is not None:
         effort = _EFFORT_ALIASES.get(config["effort"])
@@ -253,17 +254,18 @@ def _mark_last_block(messages: list[dict], cache_control: Any) -> None:
 
 # -- messages -------------------------------------------------------------------------------
 
-def _system_messages(system: Any) -> list[dict]:
+def _system_messages(system: Any, param: str = "system") -> list[dict]:
+    """The top-level `system`, or a role-system message's content, as one OpenAI system message."""
     if system is None or system == "" or system == []:
         return []
     if isinstance(system, str):
         return [{"role": "system", "content": system}]
     if not isinstance(system, list):
-        raise InvalidRequest("`system` must be a string or a list of text blocks", param="system")
+        raise InvalidRequest(f"`{param}` must be a string or a list of text blocks", param=param)
     parts = []
     for i, block in enumerate(system):
         if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
-            raise InvalidRequest("`system` blocks must be text blocks", param=f"system[{i}]")
+            raise InvalidRequest(f"`{param}` blocks must be text blocks", param=f"{param}[{i}]")
         parts.append(_text_part(block))
     if any("cache_control" in p for p in parts):
         return [{"role": "system", "content": parts}]
@@ -280,9 +282,12 @@ def _messages(messages: Any) -> list[dict]:
             raise InvalidRequest(f"`{param}` must be an object", param=param)
         role = msg.get("role")
         content = msg.get("content")
+        if role == "system":
+            out.extend(_system_messages(content, f"{param}.content"))
+            continue
         if isinstance(content, str):
             if role not in ("user", "assistant"):
-                raise InvalidRequest(f"`{param}.role` must be user or assistant", param=f"{param}.role")
+                raise InvalidRequest(f"`{param}.role` must be user, assistant or system", param=f"{param}.role")
             out.append({"role": role, "content": content})
             continue
         if not isinstance(content, list):
@@ -293,7 +298,7 @@ def _messages(messages: Any) -> list[dict]:
         elif role == "assistant":
             out.append(_assistant_turn(content, param))
         else:
-            raise InvalidRequest(f"`{param}.role` must be user or assistant", param=f"{param}.role")
+            raise InvalidRequest(f"`{param}.role` must be user, assistant or system", param=f"{param}.role")
     return out
 
 

@@ -1,7 +1,8 @@
 """The built-in `mock` provider: deterministic answers so the gateway runs with no keys.
 
 It echoes the last user message, streams it in chunks, reports realistic usage, answers with
-a tool call when tools are offered and the message asks for one (or tool_choice forces it),
+a tool call when tools are offered and the message asks for one (the tool it names, else the
+first; or tool_choice forces it),
 and with JSON when `response_format` asks for it. Model names trigger behaviours, as in
 TensorZero's dummy provider: a name containing `error` fails with HTTP 500, `stream-error`
 breaks its stream after the first chunks, `slow` waits two seconds before answering.
@@ -112,11 +113,14 @@ def answer(body: dict) -> tuple[dict, str]:
         message["reasoning_content"] = f"The user said {len(text)} characters; I will echo them."
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
     choice = body.get("tool_choice")
-    if tools and choice != "none" and messages and messages[-1].get("role") != "tool":
+    last = next((m for m in reversed(messages) if isinstance(m, dict) and m.get("role") not in ("system", "developer")),
+                {})      # system text after the turn (Claude Code sends some) does not hide a tool result
+    if tools and choice != "none" and last.get("role") != "tool":
         named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
-        if named or choice == "required" or _TOOL_ASK.search(text) or any(
-                t["function"].get("name", "") in text for t in tools):
-            fn = next((t["function"] for t in tools if t["function"].get("name") == named), tools[0]["function"])
+        mentioned = next((t["function"] for t in tools if t["function"].get("name", "") in text), None)
+        if named or choice == "required" or _TOOL_ASK.search(text) or mentioned:
+            fn = next((t["function"] for t in tools if t["function"].get("name") == named),
+                      mentioned or tools[0]["function"])
             args = sample(fn.get("parameters") or {"type": "object"}, text)
             call_id = "call_" + hashlib.sha1((fn.get("name", "") + text).encode()).hexdigest()[:24]
             message["content"] = None

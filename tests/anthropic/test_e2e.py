@@ -529,19 +529,19 @@ async def test_messages_endpoint_round_trip_both_ways(gw, fake):
                                     messages=user("Hello there"))
     assert msg.content[0].text == "Hello there" and msg.stop_reason == "end_turn"
     assert msg.usage.input_tokens + (msg.usage.cache_read_input_tokens or 0) > 0
-    assert fake.last["system"] == [{"type": "text", "text": "Be brief."}] and fake.last["max_tokens"] == 300
+    assert fake.last["system"] == "Be brief." and fake.last["max_tokens"] == 300      # as the client sent it
     headers = fake.requests[-1]["headers"]
     assert headers["x-api-key"] == KEY and "Authorization" not in headers
     tools = [{"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}]
     messages = user("What's the weather in Paris? Use the tool.")
-    async with sdk.messages.stream(model="claude-sonnet-4-5", max_tokens=1024, tools=tools, messages=messages,
+    async with sdk.messages.stream(model="claude-sonnet-4-5", max_tokens=4096, tools=tools, messages=messages,
                                    thinking={"type": "enabled", "budget_tokens": 2048}) as stream:
         turn1 = await stream.get_final_message()
     assert [b.type for b in turn1.content] == ["thinking", "text", "tool_use"] and turn1.stop_reason == "tool_use"
     assert fake.last["thinking"] == {"type": "enabled", "budget_tokens": 2048}
     tool_use = turn1.content[2]
     turn2 = await sdk.messages.create(
-        model="claude-sonnet-4-5", max_tokens=1024, tools=tools, thinking={"type": "enabled", "budget_tokens": 2048},
+        model="claude-sonnet-4-5", max_tokens=4096, tools=tools, thinking={"type": "enabled", "budget_tokens": 2048},
         messages=[*messages, {"role": "assistant", "content": [b.model_dump() for b in turn1.content]},
                   {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_use.id, "content": "22C"}]}])
     assert turn2.content[-1].text == "Tool results: 22C"

@@ -92,7 +92,8 @@ def error_body(kind: str, message: str) -> dict:
 class FakeAnthropic:
     def __init__(self, api_key: str = API_KEY) -> None:
         self.api_key = api_key
-        self.requests: list[dict] = []          # {"headers", "json"} as received
+        self.requests: list[dict] = []          # {"path", "query", "headers", "json", "raw"} as received
+        self.sent: list[bytes] = []             # the body bytes of every answer (a stream's, all of it)
         self.answers: list[dict] = []           # every message answered (streamed ones too)
         self.rejections: list[str] = []         # messages of the 4xx this fake sent
         self.verified_thinking: list[dict] = []  # thinking / redacted_thinking blocks replayed intact
@@ -104,6 +105,7 @@ class FakeAnthropic:
         self._ids = itertools.count(1)
         self.app = web.Application()
         self.app.router.add_post("/v1/messages", self.messages)
+        self.app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
 
     @property
     def last(self) -> dict:
@@ -124,9 +126,9 @@ class FakeAnthropic:
         if not VERSION_RE.match(version) or version < API_VERSION:
             raise Rejected(400, "invalid_request_error", f"anthropic-version: unknown version {version!r}")
 
-    def _check_body(self, body: Any) -> None:
+    def _check_body(self, body: Any, betas: frozenset = frozenset()) -> None:
         try:
-            api_rules().check_request(body)
+            api_rules().check_request(body, betas)
         except AssertionError as exc:
             raise Rejected(400, "invalid_request_error", str(exc)) from None
         if "stream" in body and not isinstance(body["stream"], bool):
@@ -148,8 +150,8 @@ class FakeAnthropic:
                         raise Rejected(400, "invalid_request_error",
                                        f"{where}: Invalid `data` in `redacted_thinking` block")
                     self.verified_thinking.append(block)
-        if body.get("thinking") is None:
-            return
+        if (body.get("thinking") or {}).get("type") != "enabled":
+            return          # adaptive thinking may skip a turn's thinking: nothing to require
         # the assistant turn being continued with tool results must keep its thinking first
         for i in range(len(messages) - 1, 0, -1):
             msg, prev = messages[i], messages[i - 1]
@@ -188,27 +190,53 @@ class FakeAnthropic:
 
     # --- handler -------------------------------------------------------------------------
 
-    async def messages(self, request: web.Request) -> web.StreamResponse:
+    async def _received(self, request: web.Request) -> dict | None:
+        """Record the request, check its headers and body; None when it is not a JSON object."""
         raw = await request.read()
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             body = None
-        self.requests.append({"headers": dict(request.headers), "json": body})
+        self.requests.append({"path": request.path, "query": request.query_string, "headers": dict(request.headers),
+                              "json": body, "raw": raw})
+        self._check_headers(request)
+        if not isinstance(body, dict):
+            raise Rejected(400, "invalid_request_error", "There was an error parsing the body of your request")
+        return body
+
+    def _rejected(self, exc: Rejected) -> web.Response:
+        self.rejections.append(exc.message)
+        return web.json_response(error_body(exc.kind, exc.message), status=exc.status,
+                                 headers={"request-id": "req_fake", **exc.headers})
+
+    def _json(self, data: dict) -> web.Response:
+        raw = orjson.dumps(data)
+        self.sent.append(raw)
+        return web.Response(body=raw, content_type="application/json", headers={"request-id": "req_fake"})
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        """POST /v1/messages/count_tokens: the same checks (no max_tokens needed), then the prompt's
+        input tokens counted as `answer` would."""
         try:
-            self._check_headers(request)
-            if not isinstance(body, dict):
-                raise Rejected(400, "invalid_request_error", "There was an error parsing the body of your request")
-            self._check_body(body)
+            body = await self._received(request)
+            self._check_body({"max_tokens": 1, **body}, betas(request))
             self._failure(body["model"], request.headers.get("x-api-key", ""))
         except Rejected as exc:
-            self.rejections.append(exc.message)
-            return web.json_response(error_body(exc.kind, exc.message), status=exc.status,
-                                     headers={"request-id": "req_fake", **exc.headers})
+            return self._rejected(exc)
+        input_tokens, created, read = self._cache_usage(body, store=False)
+        return self._json({"input_tokens": input_tokens + created + read})
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await self._received(request)
+            self._check_body(body, betas(request))
+            self._failure(body["model"], request.headers.get("x-api-key", ""))
+        except Rejected as exc:
+            return self._rejected(exc)
         message = self.answer(body)
         self.answers.append(message)
         if not body.get("stream"):
-            return web.json_response(message, headers={"request-id": "req_fake"})
+            return self._json(message)
         try:
             return await self._stream(request, body["model"], message)
         except (asyncio.CancelledError, ConnectionResetError):
@@ -219,8 +247,12 @@ class FakeAnthropic:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                            "Cache-Control": "no-cache", "request-id": "req_fake"})
         await resp.prepare(request)
+        sent = bytearray()
+        self.sent.append(sent)
         for name, data in self.events(message, model):
-            await resp.write(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n")
+            event = b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+            sent += event
+            await resp.write(event)
             if name == "content_block_delta" and "midstream-error" in model:
                 await resp.write(b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
                                  b'"message":"Overloaded"}}\n\n')
@@ -247,7 +279,7 @@ class FakeAnthropic:
                           **({"output_tokens_details": {"thinking_tokens": thinking}} if thinking else {})}}
 
     def _content(self, body: dict) -> tuple[list[dict], str, str | None]:
-        last = body["messages"][-1]
+        last = [m for m in body["messages"] if m["role"] != "system"][-1]   # mid-conversation system text aside
         blocks_in = last["content"] if isinstance(last["content"], list) else [
             {"type": "text", "text": last["content"]}]
         if last["role"] != "user":
@@ -307,7 +339,7 @@ class FakeAnthropic:
                         "input": sample(tool["input_schema"], city)})
         return out
 
-    def _cache_usage(self, body: dict) -> tuple[int, int, int]:
+    def _cache_usage(self, body: dict, store: bool = True) -> tuple[int, int, int]:
         """(input, cache creation, cache read) tokens: prefixes ending at a breakpoint are cached."""
         parts: list[tuple[bytes, bool]] = []
         for tool in body.get("tools") or ():
@@ -331,7 +363,8 @@ class FakeAnthropic:
         created = 0
         if breaks and prefix[breaks[-1]] >= MIN_CACHE_TOKENS and keys[breaks[-1]] not in self._cache:
             created = prefix[breaks[-1]] - read
-        self._cache.update(keys[i] for i in breaks if prefix[i] >= MIN_CACHE_TOKENS)
+        if store:
+            self._cache.update(keys[i] for i in breaks if prefix[i] >= MIN_CACHE_TOKENS)
         return total - read - created, created, read
 
     # --- SSE ----------------------------------------------------------------------------
@@ -353,6 +386,11 @@ class FakeAnthropic:
             "stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]}, "usage": delta_usage}))
         out.append(("message_stop", {"type": "message_stop"}))
         return out
+
+
+def betas(request: web.Request) -> frozenset:
+    """The request's `anthropic-beta` values (comma-separated, the header may repeat)."""
+    return frozenset(b.strip() for h in request.headers.getall("anthropic-beta", ()) for b in h.split(",") if b.strip())
 
 
 def _block_events(block: dict) -> list[tuple[str, dict]]:

@@ -59,6 +59,7 @@ class FakeOpenAI:
         self.app = web.Application()
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/v1/embeddings", self.embeddings)
+        self.app.router.add_post("/v1/completions", self.completions)
 
     @property
     def last(self) -> dict:
@@ -72,6 +73,41 @@ class FakeOpenAI:
                                   "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
                                            for i, _ in enumerate(inputs)],
                                   "usage": {"prompt_tokens": 5 * len(inputs), "total_tokens": 5 * len(inputs)}})
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        """Legacy completions: each prompt echoed as its choice's text (after the prompt with
+        `echo`, then `suffix`); `logprobs` gets a logprobs object; streams in 3 pieces a choice,
+        the usage chunk only when asked; `fail-<status>` models fail as in `chat`."""
+        raw = await request.read()
+        body = orjson.loads(raw)
+        self.requests.append({"path": request.path, "headers": dict(request.headers), "json": body, "raw": raw})
+        if body.get("model", "").startswith("fail-"):
+            return web.json_response({"error": {"message": "Simulated failure", "type": "server_error"}},
+                                     status=int(body["model"].split("-")[1]))
+        prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+        texts = [(p if body.get("echo") else "") + f"echo: {p}" + (body.get("suffix") or "") for p in prompts]
+        logprobs = {"tokens": ["echo"], "token_logprobs": [-0.1], "top_logprobs": None, "text_offset": [0]}
+        usage = {"prompt_tokens": sum(tokens(str(p)) for p in prompts),
+                 "completion_tokens": sum(tokens(t) for t in texts)}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        base = {"id": "cmpl-fake1", "object": "text_completion", "created": 1700000000, "model": body["model"]}
+        lp = logprobs if body.get("logprobs") is not None else None
+        if not body.get("stream"):
+            return web.json_response({**base, "choices": [
+                {"text": t, "index": i, "logprobs": lp, "finish_reason": "stop"} for i, t in enumerate(texts)],
+                "usage": usage})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i, text in enumerate(texts):
+            parts = split(text, 3)
+            for j, part in enumerate(parts):
+                choice = {"text": part, "index": i, "logprobs": lp,
+                          "finish_reason": "stop" if j == len(parts) - 1 else None}
+                await resp.write(b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await resp.write(b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
