@@ -14,23 +14,19 @@ mark the request failed (502) in the ledger.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 import aiohttp
 import orjson
 
-from proxy.anthropic.response import error_from_event, error_from_response, usage_from_anthropic
+from proxy.anthropic.response import error_from_event, usage_from_anthropic
 from proxy.context import JSONReply, StreamReply
-from proxy.errors import ProviderError
-from proxy.sse import SSEEvent, iter_events
+from proxy.errors import UpstreamBadResponse, UpstreamTimeout, UpstreamTruncated
+from proxy.sse import SSEEvent
 
 if TYPE_CHECKING:
     from proxy.context import RequestContext
     from proxy.providers.anthropic import AnthropicProvider
-
-API_VERSION = "2023-06-01"         # when the client sends no anthropic-version
-MAX_ERROR_BODY = 64 * 1024
-MAX_RESPONSE_BODY = 64 * 1024 * 1024
 
 
 def _url(provider: "AnthropicProvider", path: str, ctx: "RequestContext") -> str:
@@ -40,93 +36,71 @@ def _url(provider: "AnthropicProvider", path: str, ctx: "RequestContext") -> str
 
 
 def _headers(provider: "AnthropicProvider", ctx: "RequestContext") -> dict[str, str]:
+    """The client's anthropic-version and betas over the provider's session headers (which
+    carry its key and configured headers)."""
     client = ctx.request.headers
-    headers = {"content-type": "application/json",
-               "anthropic-version": client.get("anthropic-version") or API_VERSION}
-    headers.update(provider.config.headers or {})
+    headers = {"content-type": "application/json"}
+    version = client.get("anthropic-version")
+    if version:
+        headers["anthropic-version"] = version
     betas = [h for h in client.getall("anthropic-beta", ()) if h.strip()]
-    configured = headers.get("anthropic-beta")
+    configured = provider.headers.get("anthropic-beta")
     if betas:
         headers["anthropic-beta"] = ",".join(([configured] if configured else []) + betas)
-    if provider.config.api_key:
-        headers["x-api-key"] = provider.config.api_key
     return headers
 
 
-async def _post(provider: "AnthropicProvider", ctx: "RequestContext", path: str, body: dict,
-                timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
-    """Send; a response with a success status, or the upstream's error as a GatewayError."""
-    resp = await provider._session_or_fail().post(_url(provider, path, ctx), data=orjson.dumps(body),
-                                                  headers=_headers(provider, ctx), timeout=timeout)
-    if resp.status >= 400:
-        try:
-            raw = await resp.content.read(MAX_ERROR_BODY)
-        finally:
-            resp.close()
-        raise error_from_response(resp.status, raw, provider=provider.name,
-                                  retry_after=resp.headers.get("retry-after"))
-    return resp
-
-
-def _transport_error(provider, exc: BaseException, stage: str) -> ProviderError:
-    if isinstance(exc, TimeoutError):
-        return ProviderError(f"{provider.name}: timed out {stage}", code="upstream_timeout")
-    return ProviderError(f"{provider.name}: connection failed {stage} ({type(exc).__name__})",
-                         code="upstream_unreachable")
+async def _post(provider: "AnthropicProvider", ctx: "RequestContext", path: str, body: dict) -> aiohttp.ClientResponse:
+    """Send through the provider's HTTP base: a success status, or the upstream's error as a
+    typed, redacted GatewayError."""
+    return await provider.post(_url(provider, path, ctx), body, _headers(provider, ctx))
 
 
 async def complete(ctx: "RequestContext", provider: "AnthropicProvider", body: dict,
                    path: str = "/v1/messages") -> JSONReply:
     """A non-streamed request (messages, or count_tokens with path=.../count_tokens): the JSON
-    answer's bytes as they came; usage read from a message."""
-    t = provider.config.timeouts
-    timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.idle)
-    try:
-        async with asyncio.timeout(t.total):
-            resp = await _post(provider, ctx, path, body, timeout)
-            try:
-                raw = await resp.content.read(MAX_RESPONSE_BODY + 1)
-                while not resp.content.at_eof() and len(raw) <= MAX_RESPONSE_BODY:
-                    raw += await resp.content.read(MAX_RESPONSE_BODY + 1 - len(raw))
-            finally:
-                resp.close()
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise _transport_error(provider, exc, "waiting for the response") from exc
-    if len(raw) > MAX_RESPONSE_BODY:
-        raise ProviderError(f"{provider.name}: response over the size limit", code="upstream_too_large")
+    answer's bytes as they came (bounded by the provider's max_response_mb); usage read from
+    a message."""
+    raw = await provider.read_body(await _post(provider, ctx, path, body))
     try:
         message = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ProviderError(f"{provider.name}: response is not JSON", code="upstream_malformed") from exc
+        raise UpstreamBadResponse(f"provider {provider.name!r} sent malformed JSON") from exc
     if not isinstance(message, dict) or message.get("type") == "error":
-        raise error_from_response(502, message, provider=provider.name)
+        raise error_from_event(message, provider=provider.name, redact=provider.redact)
     if path == "/v1/messages":
         ctx.usage = usage_from_anthropic(message.get("usage"))
         ctx.finalize_cost()
-    return JSONReply(body=raw)
+    return JSONReply(body=bytes(raw))
 
 
 async def messages(ctx: "RequestContext", provider: "AnthropicProvider", body: dict):
     if not body.get("stream"):
         return await complete(ctx, provider, body)
-    t = provider.config.timeouts
-    timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.idle)
     usage: dict = {}
-    resp = None
+    resp = await _post(provider, ctx, "/v1/messages", body)
+    events = _events(provider, resp)
     try:
-        async with asyncio.timeout(t.first_byte):
-            resp = await _post(provider, ctx, "/v1/messages", body, timeout)
-            events = iter_events(resp.content.iter_any())
+        async with asyncio.timeout(provider.config.timeouts.first_byte):
             head = await _peek(provider, events, usage)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        if resp is not None:
-            resp.close()
-        raise _transport_error(provider, exc, "before the first event") from exc
+    except TimeoutError as exc:
+        await events.aclose()
+        raise UpstreamTimeout(f"provider {provider.name!r} sent no message_start in time") from exc
     except BaseException:
-        if resp is not None:
-            resp.close()
+        await events.aclose()
         raise
-    return StreamReply(_forward(ctx, provider, resp, events, head, usage))
+    return StreamReply(_forward(ctx, provider, events, head, usage))
+
+
+async def _events(provider: "AnthropicProvider", resp: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent]:
+    """The stream's data events one by one (the HTTP base's idle rule and typed errors); the
+    connection released at the end."""
+    try:
+        async for batch in provider.events(resp):
+            for event in batch:
+                yield event
+    finally:
+        resp.close()
 
 
 async def _peek(provider, events: AsyncIterator[SSEEvent], usage: dict) -> list[bytes]:
@@ -136,42 +110,40 @@ async def _peek(provider, events: AsyncIterator[SSEEvent], usage: dict) -> list[
         head.append(event.raw)
         kind, data = _parse(provider, event)
         if kind == "error":
-            raise error_from_event(data, provider=provider.name)
+            raise error_from_event(data, provider=provider.name, redact=provider.redact)
         if kind == "message_start":
             _track(usage, kind, data)
             return head
-    raise ProviderError(f"{provider.name}: stream ended before message_start", code="upstream_broken")
+    raise UpstreamTruncated(f"provider {provider.name!r}: stream ended before message_start")
 
 
-async def _forward(ctx: "RequestContext", provider, resp: aiohttp.ClientResponse,
-                   events: AsyncGenerator[SSEEvent, None], head: list[bytes], usage: dict) -> AsyncIterator[bytes]:
+async def _forward(ctx: "RequestContext", provider, events: AsyncIterator[SSEEvent], head: list[bytes],
+                   usage: dict) -> AsyncIterator[bytes]:
     stopped = False
     try:
         ctx.usage = usage_from_anthropic(usage)
         ctx.finalize_cost()
         yield b"".join(head)
-        try:
-            async for event in events:
-                kind, data = _parse(provider, event)
-                if kind in ("message_delta", "message_start"):
-                    _track(usage, kind, data)
-                    ctx.usage = usage_from_anthropic(usage)
-                    ctx.finalize_cost()
-                elif kind == "error":       # sent on as it came; the ledger records the failure
-                    err = error_from_event(data, provider=provider.name)
-                    ctx.status, ctx.error_type, ctx.error_code, ctx.partial = err.status, err.type, err.code, True
-                    stopped = True
-                elif kind == "message_stop":
-                    stopped = True
-                yield event.raw
-                if stopped:
-                    break
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise _transport_error(provider, exc, "mid-stream") from exc
+        async for event in events:
+            kind, data = _parse(provider, event)
+            raw = event.raw
+            if kind in ("message_delta", "message_start"):
+                _track(usage, kind, data)
+                ctx.usage = usage_from_anthropic(usage)
+                ctx.finalize_cost()
+            elif kind == "error":       # sent on, with the provider's secrets taken out; the ledger records it
+                err = error_from_event(data, provider=provider.name, redact=provider.redact)
+                ctx.status, ctx.error_type, ctx.error_code, ctx.partial = err.status, err.type, err.code, True
+                raw = provider.redact(raw.decode("utf-8", "replace")).encode()
+                stopped = True
+            elif kind == "message_stop":
+                stopped = True
+            yield raw
+            if stopped:
+                break
         if not stopped:
-            raise ProviderError(f"{provider.name}: stream ended before message_stop", code="upstream_stream_truncated")
+            raise UpstreamTruncated(f"provider {provider.name!r}: stream ended before message_stop")
     finally:
-        resp.close()
         await events.aclose()
 
 
@@ -184,10 +156,9 @@ def _parse(provider, event: SSEEvent) -> tuple[str, dict]:
     try:
         data = orjson.loads(event.data)
     except orjson.JSONDecodeError as exc:
-        raise ProviderError(f"{provider.name}: stream sent an event that is not JSON",
-                            code="upstream_malformed") from exc
+        raise UpstreamBadResponse(f"provider {provider.name!r}: stream sent an event that is not JSON") from exc
     if not isinstance(data, dict):
-        raise ProviderError(f"{provider.name}: stream sent an event that is not an object", code="upstream_malformed")
+        raise UpstreamBadResponse(f"provider {provider.name!r}: stream sent an event that is not an object")
     return str(data.get("type") or event.event or ""), data
 
 

@@ -103,6 +103,17 @@ class HTTPProvider(Provider):
     async def read_json(self, resp: aiohttp.ClientResponse) -> Any:
         """The reply body parsed, at most `max_response_mb` decompressed (UpstreamTooLarge
         beyond), the connection released either way."""
+        raw = await self.read_body(resp)
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+        raw = None      # let go of the body before raising (see read_body)
+        raise UpstreamBadResponse(f"provider {self.name!r} sent malformed JSON")
+
+    async def read_body(self, resp: aiohttp.ClientResponse) -> bytearray | bytes:
+        """The reply body's bytes, at most `max_response_mb` decompressed (UpstreamTooLarge
+        beyond), the connection released either way."""
         limit = self.config.max_response_bytes
         try:
             raw = await self._read(resp, limit)
@@ -110,19 +121,13 @@ class HTTPProvider(Provider):
             raise UpstreamTruncated(f"provider {self.name!r} broke off its response") from exc
         finally:
             resp.close()
-        too_large = len(raw) > limit
-        if not too_large:
-            try:
-                return orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                pass
+        if len(raw) <= limit:
+            return raw
         # the error's traceback keeps this frame, and so its locals, until the cycle collector
         # runs: let go of the body first (16 concurrent bombs otherwise hold 16 x the limit)
         raw = None
-        if too_large:
-            raise UpstreamTooLarge(f"provider {self.name!r} sent a response over the size limit "
-                                   f"({self.config.max_response_mb:g} MB)")
-        raise UpstreamBadResponse(f"provider {self.name!r} sent malformed JSON")
+        raise UpstreamTooLarge(f"provider {self.name!r} sent a response over the size limit "
+                               f"({self.config.max_response_mb:g} MB)")
 
     async def _read(self, resp: aiohttp.ClientResponse, limit: int) -> bytearray | bytes:
         """The whole body, stopping once it is over `limit` bytes (so a compressed bomb is

@@ -35,11 +35,11 @@ class OpenAIProvider(HTTPProvider):
         if body.get("stream"):
             opts = body.get("stream_options")
             body["stream_options"] = {**opts, "include_usage": True} if isinstance(opts, dict) else {"include_usage": True}
-            return StreamReply(self._stream(ctx, await self.post(url, body, _JSON)))
-        return JSONReply(self._reply(ctx, await self.read_json(await self.post(url, body, _JSON))))
+            return StreamReply(self._stream(ctx, await self.post(url, body, JSON_HEADERS)))
+        return JSONReply(self._reply(ctx, await self.read_json(await self.post(url, body, JSON_HEADERS))))
 
     async def embeddings(self, ctx, body: dict):
-        resp = await self.post(self.config.base_url + "/embeddings", body, _JSON)
+        resp = await self.post(self.config.base_url + "/embeddings", body, JSON_HEADERS)
         return JSONReply(self._reply(ctx, await self.read_json(resp)))
 
     def _reply(self, ctx, data) -> dict:
@@ -116,4 +116,4 @@ class OpenAIProvider(HTTPProvider):
         return data_event(orjson.dumps(chunk))
 
 
-_JSON = {"Content-Type": "application/json"}
+JSON_HEADERS = {"Content-Type": "application/json"}

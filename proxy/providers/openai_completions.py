@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from proxy.context import JSONReply, StreamReply
+from proxy.providers.openai import JSON_HEADERS
 
 if TYPE_CHECKING:
     from proxy.context import RequestContext
@@ -14,10 +15,9 @@ if TYPE_CHECKING:
 
 
 async def passthrough(ctx: "RequestContext", provider: "OpenAIProvider", body: dict):
+    url = provider.config.base_url + "/completions"
     if body.get("stream"):
         opts = body.get("stream_options")
         body["stream_options"] = {**opts, "include_usage": True} if isinstance(opts, dict) else {"include_usage": True}
-        resp = await provider._post(ctx, "/completions", body)
-        return StreamReply(provider._stream(ctx, resp))
-    resp = await provider._post(ctx, "/completions", body)
-    return JSONReply(await provider._json_body(ctx, resp))
+        return StreamReply(provider._stream(ctx, await provider.post(url, body, JSON_HEADERS)))
+    return JSONReply(provider._reply(ctx, await provider.read_json(await provider.post(url, body, JSON_HEADERS))))
