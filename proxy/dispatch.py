@@ -194,7 +194,10 @@ def _failed(ctx: RequestContext, hkey: tuple, route, err: GatewayError) -> None:
 
 
 def _gauge(ctx: RequestContext, hkey: tuple, value: int) -> None:
-    ctx.gateway.metrics.set_gauge("modelway_target_cooldown", {"provider": hkey[0], "model": hkey[1]},
+    # a wildcard route's upstream model is the client's choice: one series per route, not per name
+    route = ctx.route
+    model = route.name if route is not None and route.wildcard else hkey[1]
+    ctx.gateway.metrics.set_gauge("modelway_target_cooldown", {"provider": hkey[0], "model": model},
                                   value, "1 from a target's cooldown (failed requests or an upstream 429) "
                                   "until it answers again.")
 

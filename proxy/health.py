@@ -40,15 +40,33 @@ class Health(ABC):
         """Seconds of cooldown left per (provider, model), for operators."""
 
 
+MAX_TARGETS = 10_000    # targets a process keeps failure counts or cooldowns for
+
+
 class LocalHealth(Health):
     """One process's view: consecutive failures, cooldown deadlines (time.monotonic()) and the
     targets ejected for failures that have not answered since (their next failure re-cools them
     at once: a failed probe)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_targets: int = MAX_TARGETS) -> None:
         self._failures: dict[tuple, int] = {}
         self._until: dict[tuple, float] = {}
         self._ejected: set[tuple] = set()
+        self.max_targets = max_targets
+
+    def _make_room(self) -> None:
+        """Bound the memory a wildcard route's client-chosen model names can take: forget
+        ended cooldowns, then the oldest failure counts, then the oldest cooldowns."""
+        if len(self._failures) + len(self._until) < self.max_targets:
+            return
+        now = time.monotonic()
+        for target in [t for t, u in self._until.items() if u <= now]:
+            del self._until[target]
+        for table in (self._failures, self._until):
+            while table and len(self._failures) + len(self._until) >= self.max_targets:
+                target = next(iter(table))
+                del table[target]
+                self._ejected.discard(target)
 
     def remaining(self, target) -> float:
         until = self._until.get(target)
@@ -60,6 +78,8 @@ class LocalHealth(Health):
     def failure(self, target, after: int, seconds: float) -> bool:
         n = after if target in self._ejected else self._failures.get(target, 0) + 1
         if n < after:
+            if target not in self._failures:
+                self._make_room()
             self._failures[target] = n
             return False
         self._failures.pop(target, None)
@@ -74,6 +94,8 @@ class LocalHealth(Health):
             return False
         started = not self.remaining(target)
         until = time.monotonic() + seconds
+        if target not in self._until:
+            self._make_room()
         if until > self._until.get(target, 0.0):
             self._until[target] = until
         return started

@@ -285,3 +285,22 @@ def test_bad_cooldown_fields_name_their_line(field, value, message):
     [problem] = exc_info.value.problems
     assert (problem.path, problem.line) == (f"models.m.{field}", 6), problem
     assert message in problem.message, problem.message
+
+
+async def test_client_chosen_model_names_on_a_wildcard_route_add_no_cooldown_series(make_harness):
+    h = await make_harness(extra='  "cw/*": {targets: [{provider: bad}], retries: 0, cooldown_after: 1}\n')
+    for i in range(40):        # each name fails once and is ejected on its own
+        status, _, _ = await h.post(chat(f"cw/flaky{1000 + i}-500"))
+        assert status == 502
+    lines = [ln for ln in (await metrics_text(h)).splitlines() if ln.startswith("modelway_target_cooldown{")]
+    assert lines == ['modelway_target_cooldown{model="cw/*",provider="bad"} 1'], lines
+
+
+def test_cooldown_memory_is_bounded_whatever_the_number_of_targets():
+    from proxy.health import LocalHealth
+    health = LocalHealth(max_targets=100)
+    for i in range(1000):
+        health.failure(("p", f"m{i}"), after=2, seconds=30)     # a failure count each
+        health.failure(("q", f"m{i}"), after=1, seconds=30)     # a cooldown each
+    assert len(health._failures) + len(health._until) <= 100
+    assert health.remaining(("q", "m999")) > 0                  # the newest cooldown is kept
