@@ -1,36 +1,64 @@
-"""Rate limits and budgets per key, enforced before the upstream is called and shared by every
-worker process (mmap'd counters, see proxy.store.counters):
+"""Rate limits and budgets per key, enforced before the upstream is called and exact across
+every worker process of the machine: one atomic `admit` on the key's record in the shared
+counters (proxy.store.limits over proxy.store.counters) checks them all, and a refused request
+changes nothing.
 
-- `minute_limit`: requests per minute (sliding window) on the inference endpoints (chat,
-  messages, embeddings). Every inference response of a limited key carries
-  X-RateLimit-Limit-Minute / -Remaining-Minute / -Reset-Minute. /v1/models and /v1/account/*
-  are neither counted nor refused.
-- `daily_limit`: USD per UTC day, from the cost of finished requests.
-- `balance`: USD; managed keys are charged by the ledger, static keys against their total
-  spend in the ledger (refreshed every second).
+- `minute_limit`: requests per minute, GCRA (bursts up to the limit, then one every 60/limit s)
+  on the inference endpoints (chat, messages, embeddings). Every inference response of a
+  limited key carries X-RateLimit-Limit-Minute / -Remaining-Minute / -Reset-Minute (seconds
+  until the whole limit is free again); a refusal's Retry-After is when one more fits (<= 60 s).
+  /v1/models and /v1/account/* are neither counted nor refused.
+- `daily_limit` (USD per UTC day) and `balance` (USD): a request reserves an upper bound of its
+  cost (proxy.reservation) and settles at its actual cost when it is over. One that does not
+  fit is refused (`daily_limit_insufficient`, `balance_insufficient`); once the money is used
+  up, `daily_limit_exceeded` / `balance_exhausted`.
+  The remaining balance is counted in the counters file: a managed key's is seeded from the
+  key store (its `balance` when the record's `updated_at` is newer than the seed: at first use
+  and after each change of the key), a static key's from routes.yaml minus its ledger spend
+  (at config load, when the balance in routes.yaml changed). The ledger still charges the
+  key store's balance, the durable record the next seed starts from.
 - `max_concurrent`: requests in flight at once.
-Over any of them: 429 rate_limit_error with Retry-After.
+Over any of them: 429 rate_limit_error with Retry-After. A limited key whose record cannot be
+kept (counters table full) gets 503 `limits_unavailable`, never unlimited service.
 """
 from __future__ import annotations
 
-import asyncio
+import hashlib
+import math
 import time
 
 from multidict import istr
 
+from middlewares.auth import bearer_token
 from proxy.context import INFERENCE_ENDPOINTS
 from proxy.errors import RateLimited
 from proxy.pipeline import Middleware
+from proxy.reservation import reservation_micro
+from proxy.store import limits
+from proxy.store.counters import CountersFull
+from proxy.store.ledger import query_balance
 
 # header names as istr: aiohttp takes them without working out their case-insensitive form
 LIMIT_MINUTE, REMAINING_MINUTE, RESET_MINUTE = map(istr, ("X-RateLimit-Limit-Minute", "X-RateLimit-Remaining-Minute",
                                                           "X-RateLimit-Reset-Minute"))
-SECONDS = tuple(map(str, range(121)))   # header values of a reset or retry time (1..120 s)
+SECONDS = tuple(map(str, range(61)))   # header values of a reset or retry time (1..60 s)
+UNCOUNTED = "modelway_limits_uncounted_total"
+HELD = "limits_held"                   # ctx.extra: (reserved micro-USD, holds an in-flight slot)
 
 
 def seconds_to_utc_midnight(now: float | None = None) -> int:
     now = time.time() if now is None else now
     return max(1, int(86400 - now % 86400))
+
+
+def micro(usd: float) -> int:
+    """USD in micro-USD, rounded up: the counters never count less than the ledger."""
+    return math.ceil(usd * 1_000_000 - 1e-6)
+
+
+def static_stamp(balance: float) -> int:
+    """The seed stamp of a static key's balance: negative, and new when the balance changes."""
+    return -(round(balance * 1_000_000) + 2)
 
 
 class RateLimit(Middleware):
@@ -39,11 +67,23 @@ class RateLimit(Middleware):
     def __init__(self, gateway, config):
         self.gateway = gateway
         self.counters = gateway.counters
-        self.static_balances = {f"static:{k.label}": k.balance for k in config.keys if k.balance is not None}
-        self.static_spent: dict[str, float] = {}   # ledger total at the last refresh + local spend since
-        self.static_local: dict[str, float] = {}   # this process's spend, ever (to bridge refreshes)
-        self._refresher: asyncio.Task | None = None
+        self.static_seeds: dict[str, tuple[int, int]] = {}   # key id -> (stamp, balance at seeding)
+        self.digests: dict[str, str] = {}     # managed key id -> sha256 of its secret (key store index)
         self.limit_texts: dict[int, str] = {}   # minute_limit -> its header value
+        for k in config.keys:
+            if k.balance is not None:
+                self._seed_static(f"static:{k.label}", k.balance)
+
+    def _seed_static(self, key_id: str, balance: float) -> None:
+        """Seed a static key's remaining balance: routes.yaml's minus its ledger spend. The
+        ledger is read (blocking, at config load) only when the balance in routes.yaml changed."""
+        stamp = static_stamp(balance)
+        left = micro(balance)
+        if self.counters.stamp(key_id) != stamp:
+            spent = self.gateway.db.call(query_balance, key_id, None).get("total_spent") or 0.0
+            left -= micro(spent)
+            self.counters.seed(key_id, stamp, left)
+        self.static_seeds[key_id] = stamp, left
 
     def before(self, ctx) -> None:
         key = ctx.key
@@ -51,86 +91,85 @@ class RateLimit(Middleware):
             # /v1/models and /v1/account/* neither use up nor are refused by a key's limits:
             # a limited key can always check its balance and activity
             return
-        counters = self.counters
-        limit = key.minute_limit
+        limit, concurrent, daily, balance = key.minute_limit, key.max_concurrent, key.daily_limit, key.balance
+        money = daily is not None or balance is not None
+        if limit is None and concurrent is None and not money:
+            return
+        reserve = stamp = left = 0
+        if money:
+            reserve = reservation_micro(ctx)
+            if balance is not None:
+                stamp, left = self.static_seeds.get(key.id) or self._managed_seed(ctx, key)
+        try:
+            code, remaining, wait = self.counters.admit(key.id, ctx.created, limit, concurrent, reserve,
+                                                        None if daily is None else micro(daily), stamp, left)
+        except CountersFull:
+            self.gateway.metrics.inc(UNCOUNTED, ())
+            raise
         if limit is not None:
-            allowed, remaining, reset = counters.hit(key.id, limit, ctx.created)
+            reset = min(60, max(1, -(-wait // 1_000_000)))
             headers = ctx.response_headers
             headers[LIMIT_MINUTE] = self.limit_texts.get(limit) or self._limit_text(limit)
             headers[REMAINING_MINUTE] = str(remaining)
-            headers[RESET_MINUTE] = SECONDS[reset] if reset < len(SECONDS) else str(reset)
-            if not allowed:
-                raise RateLimited(f"Rate limit of {key.minute_limit} requests per minute exceeded.",
-                                  code="minute_limit_exceeded", headers={"Retry-After": str(max(reset, 1))},
-                                  tip=f"Retry after {max(reset, 1)} s or ask for a higher minute_limit.")
-        if key.daily_limit is not None or key.balance is not None:
-            self._check_spend(key, counters)
-        if key.max_concurrent is not None:
-            if not counters.acquire(key.id, key.max_concurrent):
-                raise RateLimited(f"Too many concurrent requests for this key (max {key.max_concurrent}).",
-                                  code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
-            ctx.extra["concurrency_held"] = True
+            headers[RESET_MINUTE] = SECONDS[reset]
+        if code is None:
+            if money or concurrent is not None:
+                ctx.extra[HELD] = reserve, concurrent is not None
+            return
+        raise self._refusal(code, key, wait, reserve)
+
+    def _managed_seed(self, ctx, key) -> tuple[int, int]:
+        """(stamp, balance) of a managed key from the key store's record: its `updated_at` in µs
+        (newer than the record's seed: the key was changed) and its balance in micro-USD."""
+        digest = self.digests.get(key.id)
+        if digest is None:
+            headers = ctx.request.headers
+            secret = bearer_token(headers.get("Authorization")) or headers.get("x-api-key") or ""
+            digest = self.digests[key.id] = hashlib.sha256(secret.encode()).hexdigest()
+        record = self.gateway.keys.lookup(digest)
+        if record is None:     # deleted since auth: count from the balance auth saw
+            return 1, micro(key.balance)
+        return int(record["updated_at"] * 1_000_000), micro(record["balance"] or 0.0)
+
+    def _refusal(self, code: str, key, wait: int, reserve: int) -> RateLimited:
+        if code == limits.MINUTE:
+            retry = min(60, max(1, -(-wait // 1_000_000)))
+            return RateLimited(f"Rate limit of {key.minute_limit} requests per minute exceeded.", code=code,
+                               headers={"Retry-After": SECONDS[retry]},
+                               tip=f"Retry after {retry} s or ask for a higher minute_limit.")
+        if code == limits.CONCURRENCY:
+            return RateLimited(f"Too many concurrent requests for this key (max {key.max_concurrent}).",
+                               code=code, headers={"Retry-After": "1"})
+        if code == limits.DAILY:
+            return RateLimited(f"Daily budget of ${key.daily_limit:g} is used up.", code=code,
+                               headers={"Retry-After": str(seconds_to_utc_midnight())},
+                               tip="The budget resets at 00:00 UTC.")
+        if code == limits.BALANCE:
+            return RateLimited("This key's balance is used up.", code=code, headers={"Retry-After": "3600"},
+                               tip="Ask an administrator to top up the key.")
+        what = "daily budget" if code == limits.DAILY_SHORT else "balance"
+        busy = self.counters.reserved(key.id) > 0     # requests in flight may settle for less
+        retry = "1" if busy else (str(seconds_to_utc_midnight()) if code == limits.DAILY_SHORT else "3600")
+        return RateLimited(f"This request could cost up to ${reserve / 1_000_000:.6f}, more than what is left "
+                           f"of this key's {what}.", code=code, headers={"Retry-After": retry},
+                           tip="Send a lower max_tokens (or a shorter prompt), or wait for requests in flight.")
 
     def _limit_text(self, limit: int) -> str:
         text = self.limit_texts[limit] = str(limit)
         return text
 
-    def _check_spend(self, key, counters) -> None:
-        if key.daily_limit is not None:
-            spent = counters.spend_today(key.id)
-            if spent >= key.daily_limit:
-                wait = seconds_to_utc_midnight()
-                raise RateLimited(f"Daily budget of ${key.daily_limit:g} is used up (spent ${spent:.4f} today).",
-                                  code="daily_limit_exceeded", headers={"Retry-After": str(wait)},
-                                  tip="The budget resets at 00:00 UTC.")
-        balance = key.balance
-        if key.source == "static" and balance is not None:
-            self._ensure_refresher()
-            balance -= self.static_spent.get(key.id, 0.0)
-        if balance is not None and balance <= 0:
-            raise RateLimited("This key's balance is used up.", code="balance_exhausted",
-                              headers={"Retry-After": "3600"}, tip="Ask an administrator to top up the key.")
-
     def finish(self, ctx) -> None:
         key = ctx.key
         if key is None:
             return
-        if ctx.extra.get("concurrency_held"):
-            self.counters.release(key.id)
-        cost = ctx.cost
-        if cost:
-            # a key with a daily limit has its spend in the shared counters at once; for the
-            # others nothing reads it before the next flush (a limit set later still sees it)
-            if key.daily_limit is None:
-                self.counters.defer_spend(key.id, cost, ctx.created)
-            else:
-                self.counters.add_spend(key.id, cost, ctx.created)
-            if key.id in self.static_balances:
-                self.static_local[key.id] = self.static_local.get(key.id, 0.0) + cost
-                self.static_spent[key.id] = self.static_spent.get(key.id, 0.0) + cost
-
-    async def close(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            self._refresher = None
-
-    def _ensure_refresher(self) -> None:
-        if self._refresher is None:
-            self._refresher = asyncio.ensure_future(self._refresh())
-
-    async def _refresh(self) -> None:
-        """Static keys' total spend from the ledger (all workers), once a second. Spend this
-        process adds while the query runs is not in its answer: it is carried over, so a
-        request finishing meanwhile is never forgotten."""
-        while True:
-            for key_id in self.static_balances:
-                try:
-                    before = self.static_local.get(key_id, 0.0)   # balance() flushes these first
-                    total = (await self.gateway.ledger.balance(key_id)).get("total_spent") or 0.0
-                    self.static_spent[key_id] = total + self.static_local.get(key_id, 0.0) - before
-                except Exception:
-                    pass
-            await asyncio.sleep(1.0)
+        held = ctx.extra.get(HELD)
+        if held is not None:
+            reserve, concurrency = held
+            self.counters.settle(key.id, ctx.created, reserve, micro(ctx.cost) if ctx.cost else 0, concurrency)
+        elif ctx.cost:
+            # a key without a money limit: nothing reads its spend before the next flush (a
+            # daily limit set later still sees it)
+            self.counters.defer_spend(key.id, ctx.cost, ctx.created)
 
 
 def ratelimit(gateway, config) -> RateLimit:

@@ -16,6 +16,7 @@ from proxy.app import create_app
 from proxy.config import Config
 from proxy.connections import Runner
 from proxy.gateway import Gateway
+from proxy.store.counters import SharedCounters
 from proxy.store.files import private_dir
 
 log = structlog.get_logger("modelway")
@@ -52,11 +53,10 @@ async def serve(config: Config, config_path: str | None, host: str, port: int, r
     # the file's state now, not when the watcher first runs: an edit made while the worker
     # starts is then seen as a change
     watched = os.stat(config_path).st_mtime_ns if config.server.watch_config and config_path else None
-    if not reuse_port:   # the only process: in-flight counts left by a crash are stale
-        from proxy.store.counters import SharedCounters
+    if not reuse_port:   # the only process: in-flight counts and reservations left by a crash are stale
         private_dir(config.server.data_dir)
         counters = SharedCounters.in_dir(config.server.data_dir)
-        counters.reset_concurrency()
+        counters.reset_holdings()
         counters.close()
     gateway = Gateway(config, config_path)
     app = create_app(gateway)

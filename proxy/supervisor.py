@@ -1,5 +1,6 @@
 """`--workers N`: N worker processes sharing one port (SO_REUSEPORT). The supervisor restarts
-a worker that dies, forwards SIGHUP and SIGTERM, and speaks sd_notify for all of them."""
+a worker that dies (first giving back the limits it held: in-flight counts and reservations in
+the shared counters), forwards SIGHUP and SIGTERM, and speaks sd_notify for all of them."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,7 @@ import time
 import structlog
 
 from proxy.server import sd_notify
+from proxy.store.counters import SharedCounters
 from proxy.store.files import private_dir
 
 log = structlog.get_logger("modelway")
@@ -32,11 +34,9 @@ def _wait_listening(host: str, port: int, give_up, timeout: float = 30.0) -> boo
 
 def supervise(argv: list[str], workers: int, host: str, port: int, drain_seconds: float,
               data_dir: str) -> int:
-    from proxy.store.counters import SharedCounters
     private_dir(data_dir)
-    counters = SharedCounters.in_dir(data_dir)
-    counters.reset_concurrency()     # in-flight counts left by workers that crashed earlier
-    counters.close()
+    counters = SharedCounters.in_dir(data_dir)   # checked (rebuilt if damaged) before any worker opens it
+    counters.reset_holdings()     # in-flight counts and reservations left by workers that crashed earlier
     cmd = [sys.executable, "-m", "proxy.cli", *argv, "--workers", "1", "--reuse-port", "--no-notify"]
     children: dict[int, subprocess.Popen] = {}
     started: dict[int, float] = {}
@@ -77,6 +77,7 @@ def supervise(argv: list[str], workers: int, host: str, port: int, drain_seconds
             if code is None:
                 continue
             del children[pid]
+            counters.release_dead(pid)   # its in-flight counts and reservations (none if it exited cleanly)
             if not stopping:
                 log.error("worker_died", pid=pid, exit_code=code)
                 quick_deaths = quick_deaths + 1 if time.monotonic() - started.pop(pid) < CRASH_WINDOW else 0
@@ -92,4 +93,5 @@ def supervise(argv: list[str], workers: int, host: str, port: int, drain_seconds
             if time.monotonic() > deadline:
                 for p in children.values():
                     p.kill()
+    counters.close()
     return exit_code

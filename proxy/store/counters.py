@@ -1,42 +1,34 @@
-"""Per-key counters shared by every worker process of one machine, without touching SQLite.
+"""The embedded storage of the per-key limits (proxy.store.limits): `data_dir/counters.bin`,
+mmap'd by every worker process of one machine.
 
-`data_dir/counters.bin` is a fixed table of 64-byte slots, mmap'd by every process. A key's slot
-is found by a 64-bit hash of its id with linear probing; the hash is stored in the slot, and a
-slot once claimed is never freed (the table holds `slots` distinct keys; a key that finds the
-table full is let through and logged once). Each slot holds:
+Layout: a 64-byte header (magic, segment size N, segments) then segments of N 64-byte records
+(limits.FIELDS packed by RECORD). A key's record is found by a 64-bit hash of its id, probing
+linearly from `hash % N` in each segment in turn; the hash is stored in the record. Every
+read-modify-write of a record holds an exclusive `fcntl.lockf` byte-range lock on it, so
+processes never lose updates (those locks do not exclude threads: a process uses its counters
+from one thread, the event loop's). Claiming, reclaiming and growing hold the header's lock.
 
-    key hash | minute number, requests this minute, requests last minute |
-    UTC day number, spend today in micro-USD | requests in flight
+Never fail open:
+- When no record is free for a new key, records idle for IDLE_SECONDS (limits.idle: deleted,
+  disabled and expired keys become idle) are reclaimed; if none is, the table grows by a
+  segment, up to MAX_SEGMENTS. Past that `admit` raises CountersFull and the request is
+  refused (503), never served unlimited.
+- A file whose header or size does not match is moved aside (`counters.bin.damaged-<time>`,
+  logged) and rebuilt zeroed; a static key's balance is re-seeded from the ledger, a managed
+  key's from the key store.
 
-Every read-modify-write holds an exclusive `fcntl.lockf` byte-range lock on that slot, so
-processes never lose updates. Those locks do not exclude threads of one process: a process
-uses its counters from one thread, the event loop's. Spend of a key without a daily limit
-(nothing reads it until a limit is set) may be deferred: the process keeps it in memory and
-moves it into the file every SPEND_FLUSH_SECONDS (`flush_spend`), one lock per key instead of
-one per request.
-
-Requests per minute use a sliding-window estimate, `prev * (1 - elapsed_fraction) + cur`: a
-burst cannot pass the limit twice across a minute boundary. A key far from its limit (at least
-LEASE_FROM requests left in the window) is counted in leases: one locked update counts LEASE
-requests at once, and this process lets that many through without touching the file (within
-the same minute; a new minute or another limit ends the lease). Every worker counts its leases
-at once, so together they can never pass the limit; below LEASE_FROM every request is counted
-on its own, exactly. What a lease leaves unused when its minute ends stays counted (at most
-LEASE - 1 per process and key).
-
-Concurrency trade-off: a worker killed while requests are in flight leaves its count in the
-file. `close()` releases what this process still holds (graceful shutdown leaks nothing), and
-the supervisor that starts the workers calls `reset_concurrency()` once before forking them, so
-a crash leaks at most until the next restart of the gateway. The minute and spend counters
-survive restarts (the file stays).
+Holdings: each process writes what it holds (in-flight counts and reserved micro-USD, per
+record) into its own small file `counters.holds/<pid>.<random>`. The supervisor, seeing a worker die,
+gives exactly that back (`release_dead`); `reset_holdings` clears everything before the
+workers start. A graceful `close()` gives back what the process still holds.
 """
 from __future__ import annotations
 
 import fcntl
 import hashlib
-import math
 import mmap
 import os
+import secrets
 import struct
 import time
 from pathlib import Path
@@ -44,250 +36,381 @@ from typing import Callable, TypeVar
 
 import structlog
 
+from proxy.errors import Unavailable
+from proxy.store import limits
 from proxy.store.files import open_private, private_dir
+from proxy.store.limits import DAY_US, HASH, INFLIGHT, RESERVED, SPENT, DAY, STAMP
 
 log = structlog.get_logger(__name__)
 
 COUNTERS_FILENAME = "counters.bin"
-MAGIC = b"MWCNTR01"
-HEADER = struct.Struct("<8sI")          # magic, number of slots
+HOLDS_DIRNAME = "counters.holds"
+MAGIC = b"MWCNTR02"
+HEADER = struct.Struct("<8sII")          # magic, records per segment, segments
 HEADER_SIZE = 64
-SLOT = struct.Struct("<QqIIqqi")        # hash, minute, cur, prev, day, spend_micro, inflight
-SLOT_SIZE = 64
-DEFAULT_SLOTS = 4096
+RECORD = struct.Struct("<QqIiiqqqq")     # limits.FIELDS in order (60 bytes)
+RECORD_SIZE = 64
+HOLD = struct.Struct("<Qqq")             # per record index: hash, in flight, reserved micro-USD
+DEFAULT_SLOTS = 4096                     # records per segment
+MAX_SEGMENTS = 64                        # 262,144 keys with the default segment
+IDLE_SECONDS = 3600                      # an unused record is reclaimable after this
 SPEND_FLUSH_SECONDS = 0.25
-LEASE = 32           # requests a process counts at once against a key's minute window...
-LEASE_FROM = 64 * LEASE   # ...while this many or more are left in it; below, one by one
+TOMB = 1                                 # a reclaimed record: probing goes on past it
+_EMPTY = (0,) * limits.FIELDS
 
 T = TypeVar("T")
 
 
+class CountersFull(Unavailable):
+    """A limited key cannot be counted: refused rather than served without its limits."""
+    code = "limits_unavailable"
+
+
 def key_hash(key_id: str) -> int:
-    """64-bit, never 0 (0 marks an empty slot)."""
+    """64-bit, never 0 (empty) nor 1 (reclaimed)."""
     h = int.from_bytes(hashlib.blake2b(key_id.encode(), digest_size=8).digest(), "little")
-    return h or 1
-
-
-def _retry_after(limit: int, cur: int, prev: int, now: float) -> int:
-    """Seconds until the sliding estimate leaves room for one more request."""
-    elapsed = now % 60
-    if cur + 1 <= limit and prev > 0:    # wait for the previous minute's weight to decay
-        frac = 1 - (limit - 1 - cur) / prev
-        return max(1, math.ceil(frac * 60 - elapsed))
-    to_next = 60 - elapsed               # next minute: prev becomes cur, cur becomes 0
-    if cur + 1 <= limit or cur == 0:
-        return max(1, math.ceil(to_next))
-    frac = max(0.0, 1 - (limit - 1) / cur)
-    return max(1, math.ceil(to_next + frac * 60))
+    return h if h > TOMB else h + 2
 
 
 class SharedCounters:
-    """Cross-process per-key counters in an mmap'd file. All methods are sync and cheap (two
-    fcntl calls and a struct pack, or none); call them from the event loop directly."""
+    """Cross-process per-key limit records in an mmap'd file. All methods are sync and cheap
+    (two fcntl calls and a struct pack); call them from the event loop directly."""
 
-    def __init__(self, path: str | Path, slots: int = DEFAULT_SLOTS) -> None:
-        self.path = Path(path)
-        self._fd = open_private(private_dir(self.path.parent) / self.path.name)
+    def __init__(self, path: str | Path, slots: int = DEFAULT_SLOTS, *,
+                 max_segments: int = MAX_SEGMENTS, idle_seconds: int = IDLE_SECONDS) -> None:
+        self.path = private_dir(Path(path).parent) / Path(path).name
+        self.holds_dir = self.path.parent / HOLDS_DIRNAME
+        self.max_segments, self.idle_seconds = max_segments, idle_seconds
         self._spend: dict[tuple[str, int], int] = {}   # (key id, UTC day) -> micro-USD not yet in the file
-        self._leases: dict[str, list] = {}   # key id -> [minute's start, its end (unix s), limit,
-                                             #   hits left, remaining to report]
-        self._index: dict[str, int] = {}     # key_id -> byte offset of its slot
-        self._held: dict[str, int] = {}      # in-flight counts this process acquired
-        self._full_warned = False
-        self.slots = self._init_file(slots)
-        self._mm = mmap.mmap(self._fd, HEADER_SIZE + self.slots * SLOT_SIZE)
+        self._index: dict[str, tuple[int, int]] = {}   # key id -> (record offset, hash)
+        self._fd = self._open(slots)
+        self._mm = mmap.mmap(self._fd, HEADER_SIZE)
+        self.slots = self.segments = 0
+        self._remap()
+        self._holds: Holdings | None = None
 
     @classmethod
     def in_dir(cls, data_dir: str | Path, slots: int = DEFAULT_SLOTS) -> "SharedCounters":
         return cls(Path(data_dir) / COUNTERS_FILENAME, slots)
 
-    def _init_file(self, slots: int) -> int:
-        fcntl.lockf(self._fd, fcntl.LOCK_EX, HEADER_SIZE, 0)
+    # --- the file ----------------------------------------------------------------------------
+    def _open(self, slots: int) -> int:
+        """Open the file, rebuilding it zeroed (the old one moved aside) if it is damaged."""
+        guard = open_private(self.path.with_name(self.path.name + ".lock"))
         try:
-            head = os.pread(self._fd, HEADER.size, 0)
-            if len(head) == HEADER.size and head[:8] == MAGIC:
-                return HEADER.unpack(head)[1]
-            os.ftruncate(self._fd, HEADER_SIZE + slots * SLOT_SIZE)
-            os.pwrite(self._fd, HEADER.pack(MAGIC, slots), 0)
-            return slots
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            fd = open_private(self.path)
+            size = os.fstat(fd).st_size
+            problem = _check(os.pread(fd, HEADER.size, 0), size)
+            if problem is None:
+                return fd
+            if size:
+                aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+                os.rename(self.path, aside)
+                os.close(fd)
+                log.error("counters_rebuilt", path=str(self.path), problem=problem, moved_to=str(aside))
+                fd = open_private(self.path, os.O_RDWR | os.O_EXCL)
+            os.ftruncate(fd, HEADER_SIZE + slots * RECORD_SIZE)
+            os.pwrite(fd, HEADER.pack(MAGIC, slots, 1), 0)
+            return fd
         finally:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN, HEADER_SIZE, 0)
+            os.close(guard)       # and its flock with it
 
-    # --- slot access -----------------------------------------------------------------------
-    def _lock(self, off: int) -> None:
-        fcntl.lockf(self._fd, fcntl.LOCK_EX, SLOT_SIZE, off)
+    def _remap(self) -> None:
+        """Map the whole file as its header describes it now (another process may have grown it)."""
+        _, slots, segments = HEADER.unpack_from(self._mm, 0)
+        if (slots, segments) != (self.slots, self.segments):
+            self._mm.close()
+            self._mm = mmap.mmap(self._fd, HEADER_SIZE + slots * segments * RECORD_SIZE)
+            self.slots, self.segments = slots, segments
 
-    def _unlock(self, off: int) -> None:
-        fcntl.lockf(self._fd, fcntl.LOCK_UN, SLOT_SIZE, off)
+    def _lock(self, off: int, size: int = RECORD_SIZE) -> None:
+        fcntl.lockf(self._fd, fcntl.LOCK_EX, size, off)
 
-    def _find(self, key_id: str) -> int | None:
-        """Byte offset of the key's slot, claiming an empty one; None if the table is full."""
-        off = self._index.get(key_id)
-        if off is not None:
-            return off
+    def _unlock(self, off: int, size: int = RECORD_SIZE) -> None:
+        fcntl.lockf(self._fd, fcntl.LOCK_UN, size, off)
+
+    # --- finding a key's record --------------------------------------------------------------
+    def _find(self, key_id: str, now: float) -> tuple[int, int]:
+        """(offset, hash) of the key's record, claiming one (reclaiming idle records, growing
+        the table) if it has none. Raises CountersFull when the table cannot grow."""
+        found = self._index.get(key_id)
+        if found is not None:
+            return found
         h = key_hash(key_id)
-        start = h % self.slots
-        for i in range(self.slots):
-            off = HEADER_SIZE + ((start + i) % self.slots) * SLOT_SIZE
-            self._lock(off)
-            try:
-                found = struct.unpack_from("<Q", self._mm, off)[0]
-                if found == 0:
-                    SLOT.pack_into(self._mm, off, h, 0, 0, 0, 0, 0, 0)
-                    found = h
-            finally:
+        self._lock(0, HEADER_SIZE)
+        try:
+            self._remap()
+            off = self._probe(h)
+            if off is None:
+                off = self._free_record(h, now)
+                self._lock(off)
+                RECORD.pack_into(self._mm, off, h, *_EMPTY[1:])
                 self._unlock(off)
-            if found == h:
-                self._index[key_id] = off
-                return off
-        if not self._full_warned:
-            self._full_warned = True
-            log.error("counters_table_full", path=str(self.path), slots=self.slots)
+        finally:
+            self._unlock(0, HEADER_SIZE)
+        found = self._index[key_id] = off, h
+        return found
+
+    def _probe(self, h: int, want: int | None = None) -> int | None:
+        """The offset of the record tagged `want` (default h) on h's probe path, or None."""
+        want = h if want is None else want
+        n = self.slots
+        for seg in range(self.segments):
+            base = HEADER_SIZE + seg * n * RECORD_SIZE
+            home = h % n
+            for i in range(n):
+                off = base + ((home + i) % n) * RECORD_SIZE
+                tag = struct.unpack_from("<Q", self._mm, off)[0]
+                if tag == want:
+                    return off
+                if tag == 0:
+                    break
         return None
 
-    def _update(self, key_id: str, fn: Callable[[list], T]) -> T | None:
-        """Run fn(slot fields as a list) under the slot lock and write the list back.
-        Returns fn's result, or None when the table is full."""
-        off = self._find(key_id)
-        if off is None:
-            return None
-        self._lock(off)
-        try:
-            fields = list(SLOT.unpack_from(self._mm, off))
-            result = fn(fields)
-            SLOT.pack_into(self._mm, off, *fields)
-            return result
-        finally:
-            self._unlock(off)
+    def _free_record(self, h: int, now: float) -> int:
+        """A free record on h's probe path (header lock held): an empty or reclaimed one, after
+        reclaiming idle records, else in a new segment."""
+        for want in (0, TOMB):
+            off = self._probe(h, want)
+            if off is not None:
+                return off
+        if self._reclaim(int(now * 1_000_000)):
+            off = self._probe(h, TOMB)
+            if off is not None:
+                return off
+        if self.segments >= self.max_segments:
+            log.error("counters_full", path=str(self.path), records=self.slots * self.segments)
+            raise CountersFull("This key's limits cannot be counted right now (the counters table is "
+                               "full); the request was not served.", tip="Ask an administrator.")
+        segments = self.segments + 1
+        os.ftruncate(self._fd, HEADER_SIZE + self.slots * segments * RECORD_SIZE)
+        struct.pack_into("<I", self._mm, 12, segments)
+        self._remap()
+        log.warning("counters_grown", path=str(self.path), records=self.slots * segments)
+        return HEADER_SIZE + ((segments - 1) * self.slots + h % self.slots) * RECORD_SIZE
 
-    # --- requests per minute ---------------------------------------------------------------
-    def hit(self, key_id: str, limit: int, now: float | None = None) -> tuple[bool, int, int]:
-        """Count one request if the sliding minute window allows it.
-        Returns (allowed, remaining requests, seconds until reset/retry)."""
-        if now is None:
-            now = time.time()
-        lease = self._leases.get(key_id)
-        if lease is not None:
-            start, end, leased_for, left, remaining = lease
-            if left and start <= now < end and leased_for == limit:
-                lease[3] = left - 1
-                lease[4] = remaining = remaining - 1
-                # seconds to the minute's end, rounded up: 60 - int(now % 60), as below
-                return True, remaining if remaining > 0 else 0, math.ceil(end - now)
-        minute = int(now // 60)
-        reset = 60 - int(now % 60)      # ceil(60 - seconds into the minute): 1..60
-        off = self._find(key_id)
-        if off is None:
-            return True, limit, 60
-        self._lock(off)
-        try:
-            h, last, cur, prev, day, spend, inflight = SLOT.unpack_from(self._mm, off)
-            if last != minute:
-                prev, cur = (cur if last == minute - 1 else 0), 0
-            estimate = prev * (1 - (now % 60) / 60) + cur
-            allowed = estimate + 1 <= limit
-            take = (LEASE if limit - estimate >= LEASE_FROM else 1) if allowed else 0
-            SLOT.pack_into(self._mm, off, h, minute, cur + take, prev, day, spend, inflight)
-        finally:
-            self._unlock(off)
-        if not allowed:
-            self._leases.pop(key_id, None)
-            return False, 0, _retry_after(limit, cur, prev, now)
-        remaining = math.floor(limit - estimate - 1)
-        if take > 1:
-            self._leases[key_id] = [minute * 60, minute * 60 + 60, limit, take - 1, remaining]
-        else:
-            self._leases.pop(key_id, None)
-        return True, max(0, remaining), reset
+    def _reclaim(self, now_us: int) -> int:
+        """Free every idle record (header lock held); returns how many."""
+        freed = 0
+        for i in range(self.slots * self.segments):
+            off = HEADER_SIZE + i * RECORD_SIZE
+            fields = list(RECORD.unpack_from(self._mm, off))
+            if fields[HASH] <= TOMB or not limits.idle(fields, now_us, self.idle_seconds):
+                continue
+            self._lock(off)
+            try:
+                fields = list(RECORD.unpack_from(self._mm, off))
+                if limits.idle(fields, now_us, self.idle_seconds):
+                    RECORD.pack_into(self._mm, off, TOMB, *_EMPTY[1:])
+                    freed += 1
+            finally:
+                self._unlock(off)
+        if freed:
+            log.info("counters_reclaimed", records=freed)
+        return freed
 
-    # --- spend per UTC day -----------------------------------------------------------------
-    def add_spend(self, key_id: str, usd: float, now: float | None = None) -> None:
-        """Add to the key's spend today, in the shared slot at once."""
-        now = time.time() if now is None else now
-        self._add_spend(key_id, int(now // 86400), round(usd * 1_000_000))
+    def _update(self, key_id: str, now: float, fn: Callable[[list], T],
+                hold: Callable[[T, int, int], None] | None = None) -> tuple[T, int]:
+        """Run fn(record fields) under the record's lock and write them back, then
+        hold(result, offset, hash) under the same lock; returns (fn's result, offset)."""
+        for _ in range(3):
+            off, h = self._find(key_id, now)
+            self._lock(off)
+            try:
+                fields = list(RECORD.unpack_from(self._mm, off))
+                if fields[HASH] == h:
+                    result = fn(fields)
+                    RECORD.pack_into(self._mm, off, *fields)
+                    if hold is not None:
+                        hold(result, off, h)
+                    return result, off
+            finally:
+                self._unlock(off)
+            del self._index[key_id]          # reclaimed and reused meanwhile: find it again
+        raise CountersFull("This key's limits cannot be counted right now.")
 
+    # --- the limits --------------------------------------------------------------------------
+    def admit(self, key_id: str, now: float, minute_limit: int | None, max_concurrent: int | None,
+              reserve: int = 0, daily: int | None = None, stamp: int = 0,
+              balance: int = 0) -> tuple[str | None, int, int]:
+        """limits.admit on the key's record; what an admitted request holds is noted in this
+        process's holdings file. Raises CountersFull."""
+        def hold(verdict: tuple, off: int, h: int) -> None:
+            if verdict[0] is None:
+                self._holdings().add(off, h, 1 if max_concurrent is not None else 0, reserve)
+
+        track = hold if max_concurrent is not None or reserve else None
+        return self._update(key_id, now, lambda f: limits.admit(
+            f, int(now * 1_000_000), minute_limit, max_concurrent, reserve, daily, stamp, balance), track)[0]
+
+    def settle(self, key_id: str, now: float, reserve: int, cost: int, concurrency: bool) -> None:
+        """limits.settle for a request admitted at `now` (its UTC day gets the cost)."""
+        day = int(now * 1_000_000) // DAY_US
+        def unhold(_result: None, off: int, h: int) -> None:
+            self._holdings().add(off, h, -1 if concurrency else 0, -reserve)
+
+        self._update(key_id, now, lambda f: limits.settle(f, day, reserve, cost, concurrency),
+                     unhold if concurrency or reserve else None)
+
+    def seed(self, key_id: str, stamp: int, balance: int) -> int:
+        """limits.seed: a static key's balance, if its stamp changed; returns the stamp found."""
+        def step(f: list) -> int:
+            found = f[STAMP]
+            limits.seed(f, stamp, balance)
+            return found
+        return self._update(key_id, time.time(), step)[0]
+
+    def stamp(self, key_id: str) -> int:
+        return self._update(key_id, time.time(), lambda f: f[STAMP])[0]
+
+    # --- spend of keys without money limits, per UTC day -------------------------------------
     def defer_spend(self, key_id: str, usd: float, now: float) -> None:
-        """Add to the key's spend on the UTC day of `now` in this process's memory: counted
-        here at once (`spend_today`), moved into the file by the next `flush_spend()` (the
-        gateway calls it every SPEND_FLUSH_SECONDS, and `close()` does)."""
+        """Add to the key's spend on the UTC day of `now` in this process's memory; moved into
+        the file by the next `flush_spend()` (every SPEND_FLUSH_SECONDS, and at `close()`)."""
         slot = key_id, int(now // 86400)
         self._spend[slot] = self._spend.get(slot, 0) + round(usd * 1_000_000)
 
-    def _add_spend(self, key_id: str, day: int, micro: int) -> None:
-        def step(f: list) -> None:
-            if f[4] < day:
-                f[4], f[5] = day, 0
-            if f[4] == day:        # spend of a day that is already over is dropped
-                f[5] += micro
-
-        self._update(key_id, step)
-
     def flush_spend(self) -> None:
-        """Move this process's pending spend into the shared slots."""
         pending, self._spend = self._spend, {}
         for (key_id, day), micro in pending.items():
-            self._add_spend(key_id, day, micro)
+            try:
+                self._update(key_id, time.time(), lambda f: limits.add_spend(f, day, micro))
+            except CountersFull:
+                pass      # logged by _free_record; no limit reads this key's spend
 
     def spend_today(self, key_id: str, now: float | None = None) -> float:
-        """USD spent today (UTC) by the key in every process; 0.0 for an unknown key."""
-        day = int((time.time() if now is None else now) // 86400)
-        micro = self._update(key_id, lambda f: f[5] if f[4] == day else 0) or 0
-        micro += self._spend.get((key_id, day), 0)
-        return micro / 1_000_000
-
-    # --- requests in flight ----------------------------------------------------------------
-    def acquire(self, key_id: str, max_concurrent: int) -> bool:
-        """Take one in-flight slot if fewer than max_concurrent are taken; pair with release()."""
-        def step(f: list) -> bool:
-            if f[6] >= max_concurrent:
-                return False
-            f[6] += 1
-            return True
-
-        ok = self._update(key_id, step)
-        if ok:
-            self._held[key_id] = self._held.get(key_id, 0) + 1
-        return ok is not False
-
-    def release(self, key_id: str) -> None:
-        held = self._held.get(key_id, 0)
-        if held <= 0:
-            return
-        if held == 1:
-            del self._held[key_id]
-        else:
-            self._held[key_id] = held - 1
-
-        def step(f: list) -> None:
-            f[6] = max(0, f[6] - 1)
-
-        self._update(key_id, step)
+        """USD settled today (UTC) by the key in every process."""
+        now = time.time() if now is None else now
+        day = int(now // 86400)
+        micro = self._update(key_id, now, lambda f: f[SPENT] if f[DAY] == day else 0)[0]
+        return (micro + self._spend.get((key_id, day), 0)) / 1_000_000
 
     def in_flight(self, key_id: str) -> int:
-        return self._update(key_id, lambda f: f[6]) or 0
+        return self._update(key_id, time.time(), lambda f: f[INFLIGHT])[0]
 
-    def reset_concurrency(self) -> None:
-        """Zero every in-flight count. Only for the supervisor, before workers start."""
-        self._held.clear()
-        for i in range(self.slots):
-            off = HEADER_SIZE + i * SLOT_SIZE
+    def reserved(self, key_id: str) -> int:
+        return self._update(key_id, time.time(), lambda f: f[RESERVED])[0]
+
+    # --- holdings ----------------------------------------------------------------------------
+    def _holdings(self) -> "Holdings":
+        if self._holds is None:
+            # one file per SharedCounters (a process may open several, as tests do)
+            self._holds = Holdings(self.holds_dir / f"{os.getpid()}.{secrets.token_hex(4)}")
+        return self._holds
+
+    def release_dead(self, pid: int) -> int:
+        """Give back what the dead process `pid` held; returns how many records it touched."""
+        return sum(self._release(path) for path in self.holds_dir.glob(f"{pid}.*"))
+
+    def _release(self, path: Path) -> int:
+        """Give back the holdings listed in one holdings file, then delete it."""
+        try:
+            held = Holdings.read(path)
+        except FileNotFoundError:
+            return 0
+        self._lock(0, HEADER_SIZE)
+        try:
+            self._remap()
+        finally:
+            self._unlock(0, HEADER_SIZE)
+        for off, h, inflight, reserve in held:
+            if off + RECORD_SIZE > len(self._mm):
+                continue
             self._lock(off)
             try:
-                fields = list(SLOT.unpack_from(self._mm, off))
-                if fields[6]:
-                    fields[6] = 0
-                    SLOT.pack_into(self._mm, off, *fields)
+                f = list(RECORD.unpack_from(self._mm, off))
+                if f[HASH] == h:
+                    f[INFLIGHT] = max(0, f[INFLIGHT] - inflight)
+                    f[RESERVED] = max(0, f[RESERVED] - reserve)
+                    RECORD.pack_into(self._mm, off, *f)
             finally:
                 self._unlock(off)
+        path.unlink(missing_ok=True)
+        if held:
+            log.info("counters_released", holdings=path.name, records=len(held))
+        return len(held)
+
+    def reset_holdings(self) -> None:
+        """Zero every in-flight count and reservation, drop every holdings file. Only before
+        any worker serves (the supervisor, or the single process at start)."""
+        for i in range(self.slots * self.segments):
+            off = HEADER_SIZE + i * RECORD_SIZE
+            self._lock(off)
+            try:
+                f = list(RECORD.unpack_from(self._mm, off))
+                if f[INFLIGHT] or f[RESERVED]:
+                    f[INFLIGHT] = f[RESERVED] = 0
+                    RECORD.pack_into(self._mm, off, *f)
+            finally:
+                self._unlock(off)
+        if self.holds_dir.is_dir():
+            for path in self.holds_dir.iterdir():
+                path.unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Release in-flight counts this process still holds, then unmap. Idempotent."""
+        """Flush pending spend, give back what this process still holds, unmap. Idempotent."""
         if self._fd < 0:
             return
         self.flush_spend()
-        for key_id, n in list(self._held.items()):
-            for _ in range(n):
-                self.release(key_id)
+        if self._holds is not None:
+            self._holds.close()
+            self._release(self._holds.path)
+            self._holds = None
         self._mm.close()
         os.close(self._fd)
         self._fd = -1
+
+
+def _check(head: bytes, size: int) -> str | None:
+    """Why a counters file cannot be used as it is, or None."""
+    if size == 0:
+        return "empty"
+    if len(head) < HEADER.size or head[:8] != MAGIC:
+        return "bad header"
+    _, slots, segments = HEADER.unpack(head)
+    if not slots or not segments or size != HEADER_SIZE + slots * segments * RECORD_SIZE:
+        return f"size {size} does not match the header"
+    return None
+
+
+class Holdings:
+    """One process's holdings: per record index, (hash, in flight, reserved micro-USD), in its
+    own mmap'd file, written only by that process (no locks), read by the supervisor."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._mm: mmap.mmap | None = None
+        self._size = 0
+
+    def add(self, off: int, h: int, inflight: int, reserve: int) -> None:
+        pos = (off - HEADER_SIZE) // RECORD_SIZE * HOLD.size
+        if pos + HOLD.size > self._size:
+            self._grow(pos + HOLD.size)
+        tag, n, micro = HOLD.unpack_from(self._mm, pos)
+        HOLD.pack_into(self._mm, pos, h or tag, n + inflight, micro + reserve)
+
+    def _grow(self, need: int) -> None:
+        size = max(need, 2 * self._size, HOLD.size * 4096)
+        os.ftruncate(self._fd, size)
+        if self._mm is not None:
+            self._mm.close()
+        self._mm = mmap.mmap(self._fd, size)
+        self._size = size
+
+    @staticmethod
+    def read(path: Path) -> list[tuple[int, int, int, int]]:
+        """(record offset, hash, in flight, reserved) of every record with something held."""
+        data = path.read_bytes()
+        out = []
+        for i, (h, n, micro) in enumerate(HOLD.iter_unpack(data[:len(data) - len(data) % HOLD.size])):
+            if h and (n or micro):
+                out.append((HEADER_SIZE + i * RECORD_SIZE, h, n, micro))
+        return out
+
+    def close(self) -> None:
+        if self._mm is not None:
+            self._mm.close()
+        os.close(self._fd)

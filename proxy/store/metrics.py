@@ -62,6 +62,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
                                            "full.", ()),
     "modelway_key_store_lookups_total": ("Key-store lookups of keys a worker did not know yet, by "
                                          "result (found, missing, error).", ("result",)),
+    "modelway_limits_uncounted_total": ("Requests refused (503) because their key's limits could not "
+                                        "be counted (counters table full).", ()),
 }
 HISTOGRAMS: dict[str, tuple[str, tuple[str, ...], tuple[float, ...]]] = {
     "modelway_request_latency_seconds": ("Request latency until the last byte.", ("model",),
