@@ -22,8 +22,10 @@ DAILY = "sk-mw-daily-0123456789abcdef"
 BALANCE = "sk-mw-balance-0123456789abcdef"
 EMPTY = "sk-mw-empty-0123456789abcdef"
 SERIAL = "sk-mw-serial-0123456789abcdef"
+NONE_TODAY = "sk-mw-nonetoday-0123456789abcdef"
 # mock-echo answering "hi": 8 prompt + 1 completion tokens at $1/$2 per 1M = $0.00001
 ONE_REQUEST = 0.00001
+DAILY_LIMIT = 0.0002       # 20 requests' cost, a bit over 2 requests' reservation
 
 
 @pytest.fixture
@@ -31,8 +33,9 @@ async def limited(upstream, make_gateway):
     return await make_gateway(routes(upstream.url, keys=[
         key("app", APP),
         key("minute", MINUTE, minute_limit=3),
-        key("daily", DAILY, daily_limit=ONE_REQUEST / 2),
-        key("balance", BALANCE, balance=ONE_REQUEST / 2),
+        key("daily", DAILY, daily_limit=DAILY_LIMIT),
+        key("nonetoday", NONE_TODAY, daily_limit=0),
+        key("balance", BALANCE, balance=DAILY_LIMIT),
         key("empty", EMPTY, balance=0),
         key("serial", SERIAL, max_concurrent=1, minute_limit=100),
     ]))
@@ -105,63 +108,89 @@ async def test_minute_limit_counts_every_worker_sharing_the_data_dir(upstream, m
     assert statuses.count(200) == 4 and statuses.count(429) == 8
 
 
-async def test_daily_limit_uses_the_recorded_cost(limited, data_dir):
+async def until_refused(client, model: str = "mock-echo", most: int = 100, **extra) -> tuple[int, Exception]:
+    """Send requests one after the other until one is refused: (how many passed, the refusal)."""
+    for n in range(most):
+        try:
+            await client.chat.completions.create(model=model, messages=HI, max_tokens=1, **extra)
+        except openai.RateLimitError as exc:
+            return n, exc
+    raise AssertionError(f"{most} requests and none refused")
+
+
+async def test_daily_limit_reserves_the_bound_and_counts_the_recorded_cost(limited, data_dir):
     client = limited.client(DAILY)
-    first = await client.chat.completions.create(model="mock-echo", messages=HI)
+    first = await client.chat.completions.create(model="mock-echo", messages=HI, max_tokens=1)
     assert first.usage.cost == pytest.approx(ONE_REQUEST)
-    with pytest.raises(openai.RateLimitError) as exc:
+    passed, exc = await until_refused(client)
+    # each reserves ~$0.00008 (its body's bytes at $1/1M + 1 token at $2/1M) and settles at
+    # $0.00001: settled at the actual cost, many fit, and never more than the limit
+    err = assert_sdk_error(exc, 429, "rate_limit_error", "daily_limit_insufficient")
+    assert "could cost up to $0.0000" in err["message"] and "max_tokens" in err["tip"]
+    assert int(exc.response.headers["Retry-After"]) >= 1
+    _, _, balance = await call_balance(limited, DAILY)
+    assert balance["spent_today"] == pytest.approx(ONE_REQUEST * (passed + 1))
+    assert ONE_REQUEST * 10 <= balance["spent_today"] <= DAILY_LIMIT
+    with pytest.raises(openai.RateLimitError) as exc:       # without max_tokens: the route's cap counts
         await client.chat.completions.create(model="mock-echo", messages=HI)
+    assert exc.value.code == "daily_limit_insufficient"
+
+
+async def test_a_used_up_daily_limit_is_exceeded_until_midnight(limited):
+    with pytest.raises(openai.RateLimitError) as exc:
+        await limited.client(NONE_TODAY).chat.completions.create(model="mock-echo", messages=HI, max_tokens=1)
     err = assert_sdk_error(exc.value, 429, "rate_limit_error", "daily_limit_exceeded")
     assert "Daily budget" in err["message"] and "00:00 UTC" in err["tip"]
     assert 1 <= int(exc.value.response.headers["Retry-After"]) <= 86400
-    _, _, balance = await call_balance(limited, DAILY)
-    assert balance["spent_today"] == pytest.approx(ONE_REQUEST) and balance["remaining_today"] == 0
 
 
 async def test_daily_limit_holds_across_workers(upstream, make_gateway):
-    text = routes(upstream.url, keys=[key("daily", DAILY, daily_limit=ONE_REQUEST / 2)])
+    text = routes(upstream.url, keys=[key("daily", DAILY, daily_limit=DAILY_LIMIT)])
     one, two = await make_gateway(text), await make_gateway(text, filename="routes-2.yaml")
-    await one.client(DAILY).chat.completions.create(model="mock-echo", messages=HI)
+    await until_refused(one.client(DAILY))
     with pytest.raises(openai.RateLimitError) as exc:
-        await two.client(DAILY).chat.completions.create(model="mock-echo", messages=HI)
-    assert exc.value.code == "daily_limit_exceeded"
+        await two.client(DAILY).chat.completions.create(model="mock-echo", messages=HI, max_tokens=1)
+    assert exc.value.code == "daily_limit_insufficient"
 
 
 async def test_streamed_spend_counts_toward_the_daily_limit(limited):
-    stream = await limited.client(DAILY).chat.completions.create(model="mock-echo", messages=HI, stream=True)
+    stream = await limited.client(DAILY).chat.completions.create(model="mock-echo", messages=HI, stream=True,
+                                                                 max_tokens=1)
     assert [c async for c in stream]
-    with pytest.raises(openai.RateLimitError) as exc:
-        await limited.client(DAILY).chat.completions.create(model="mock-echo", messages=HI)
-    assert exc.value.code == "daily_limit_exceeded"
+    assert limited.gateway.counters.spend_today("static:daily") == pytest.approx(ONE_REQUEST)
+    assert limited.gateway.counters.reserved("static:daily") == 0
 
 
-async def test_static_key_balance_is_used_up(limited):
+async def test_static_key_balance_is_used_up(limited, data_dir):
     with pytest.raises(openai.RateLimitError) as exc:
         await limited.client(EMPTY).chat.completions.create(model="mock-echo", messages=HI)
     err = assert_sdk_error(exc.value, 429, "rate_limit_error", "balance_exhausted")
     assert "balance" in err["message"] and exc.value.response.headers["Retry-After"]
-    await limited.client(BALANCE).chat.completions.create(model="mock-echo", messages=HI)
-    with pytest.raises(openai.RateLimitError) as exc:
-        await limited.client(BALANCE).chat.completions.create(model="mock-echo", messages=HI)
-    assert exc.value.code == "balance_exhausted"
+    passed, exc = await until_refused(limited.client(BALANCE))
+    assert exc.code == "balance_insufficient" and passed >= 10
+    rows = await wait_ledger(data_dir, passed + 1, "WHERE key_label = ?", ("balance",))
+    assert sum(r["cost"] for r in rows) <= DAILY_LIMIT
 
 
-async def test_managed_key_balance_is_charged_then_exhausted(limited, http):
+async def test_managed_key_balance_is_charged_and_never_overspent(limited, http, data_dir):
     status, _, body = await call(http, "POST", limited.url + "/v1/account/keys", OPS,
-                                 {"label": "prepaid", "balance": ONE_REQUEST * 1.5})
+                                 {"label": "prepaid", "balance": DAILY_LIMIT})
     assert status == 201
-    client = limited.client(body["key"])
-    await client.chat.completions.create(model="mock-echo", messages=HI)
+    passed, exc = await until_refused(limited.client(body["key"]))
+    assert exc.code == "balance_insufficient" and passed >= 10
+    rows = await wait_ledger(data_dir, passed + 1, "WHERE key_label = ?", ("prepaid",))
+    assert sum(r["cost"] for r in rows) <= DAILY_LIMIT
 
-    async def exhausted():
-        try:
-            await client.chat.completions.create(model="mock-echo", messages=HI)
-            return None
-        except openai.RateLimitError as exc:
-            return exc.code
-    assert await eventually(exhausted, timeout=2.0, interval=0.2, what="balance_exhausted") == "balance_exhausted"
-    _, _, balance = await call_balance(limited, body["key"])
-    assert balance["balance"] <= 0
+    async def charged():
+        return (await call_balance(limited, body["key"]))[2]["balance"] == pytest.approx(
+            DAILY_LIMIT - passed * ONE_REQUEST)
+    await eventually(charged, timeout=3.0, what="the ledger to charge the key store")
+    # a top-up (a change of the key) is counted at once, on every worker
+    status, _, _ = await call(http, "PATCH", limited.url + f"/v1/account/keys/{body['data']['id']}", OPS,
+                              {"balance": 1.0})
+    assert status == 200
+    assert (await limited.client(body["key"]).chat.completions.create(
+        model="mock-echo", messages=HI, max_tokens=1)).choices
 
 
 async def test_max_concurrent_refuses_the_extra_requests(limited, data_dir):
