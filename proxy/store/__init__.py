@@ -4,7 +4,9 @@
 - `ledger`: batched accounting rows, their health, and the account API's reads (`usage`),
   with retention folding old rows into daily rollups (`retention`).
 - `keys`: managed API keys, hashed, with an in-memory index refreshed across processes.
-- `counters`: per-key minute counts, daily spend and in-flight requests in an mmap'd file.
+- `limits`: the per-key limit algorithms (GCRA minute limit, cost reservations, in-flight
+  counts) over one record per key, whatever stores it.
+- `counters`: those records in an mmap'd file (`holdings`: what each process holds in it).
 - `metrics`: Prometheus counters and histograms merged over worker processes (their snapshot
   files: `metrics_files`).
 """

@@ -39,6 +39,7 @@ import structlog
 from proxy.errors import Unavailable
 from proxy.store import limits
 from proxy.store.files import open_private, private_dir
+from proxy.store.holdings import Holdings
 from proxy.store.limits import DAY_US, HASH, INFLIGHT, RESERVED, SPENT, DAY, STAMP
 
 log = structlog.get_logger(__name__)
@@ -50,7 +51,6 @@ HEADER = struct.Struct("<8sII")          # magic, records per segment, segments
 HEADER_SIZE = 64
 RECORD = struct.Struct("<QqIiiqqqq")     # limits.FIELDS in order (60 bytes)
 RECORD_SIZE = 64
-HOLD = struct.Struct("<Qqq")             # per record index: hash, in flight, reserved micro-USD
 DEFAULT_SLOTS = 4096                     # records per segment
 MAX_SEGMENTS = 64                        # 262,144 keys with the default segment
 IDLE_SECONDS = 3600                      # an unused record is reclaimable after this
@@ -238,7 +238,8 @@ class SharedCounters:
         process's holdings file. Raises CountersFull."""
         def hold(verdict: tuple, off: int, h: int) -> None:
             if verdict[0] is None:
-                self._holdings().add(off, h, 1 if max_concurrent is not None else 0, reserve)
+                self._holdings().add((off - HEADER_SIZE) // RECORD_SIZE, h, 1 if max_concurrent is not None else 0,
+                                     reserve)
 
         track = hold if max_concurrent is not None or reserve else None
         return self._update(key_id, now, lambda f: limits.admit(
@@ -248,7 +249,7 @@ class SharedCounters:
         """limits.settle for a request admitted at `now` (its UTC day gets the cost)."""
         day = int(now * 1_000_000) // DAY_US
         def unhold(_result: None, off: int, h: int) -> None:
-            self._holdings().add(off, h, -1 if concurrency else 0, -reserve)
+            self._holdings().add((off - HEADER_SIZE) // RECORD_SIZE, h, -1 if concurrency else 0, -reserve)
 
         self._update(key_id, now, lambda f: limits.settle(f, day, reserve, cost, concurrency),
                      unhold if concurrency or reserve else None)
@@ -314,7 +315,8 @@ class SharedCounters:
             self._remap()
         finally:
             self._unlock(0, HEADER_SIZE)
-        for off, h, inflight, reserve in held:
+        for index, h, inflight, reserve in held:
+            off = HEADER_SIZE + index * RECORD_SIZE
             if off + RECORD_SIZE > len(self._mm):
                 continue
             self._lock(off)
@@ -372,45 +374,3 @@ def _check(head: bytes, size: int) -> str | None:
     if not slots or not segments or size != HEADER_SIZE + slots * segments * RECORD_SIZE:
         return f"size {size} does not match the header"
     return None
-
-
-class Holdings:
-    """One process's holdings: per record index, (hash, in flight, reserved micro-USD), in its
-    own mmap'd file, written only by that process (no locks), read by the supervisor."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        self._mm: mmap.mmap | None = None
-        self._size = 0
-
-    def add(self, off: int, h: int, inflight: int, reserve: int) -> None:
-        pos = (off - HEADER_SIZE) // RECORD_SIZE * HOLD.size
-        if pos + HOLD.size > self._size:
-            self._grow(pos + HOLD.size)
-        tag, n, micro = HOLD.unpack_from(self._mm, pos)
-        HOLD.pack_into(self._mm, pos, h or tag, n + inflight, micro + reserve)
-
-    def _grow(self, need: int) -> None:
-        size = max(need, 2 * self._size, HOLD.size * 4096)
-        os.ftruncate(self._fd, size)
-        if self._mm is not None:
-            self._mm.close()
-        self._mm = mmap.mmap(self._fd, size)
-        self._size = size
-
-    @staticmethod
-    def read(path: Path) -> list[tuple[int, int, int, int]]:
-        """(record offset, hash, in flight, reserved) of every record with something held."""
-        data = path.read_bytes()
-        out = []
-        for i, (h, n, micro) in enumerate(HOLD.iter_unpack(data[:len(data) - len(data) % HOLD.size])):
-            if h and (n or micro):
-                out.append((HEADER_SIZE + i * RECORD_SIZE, h, n, micro))
-        return out
-
-    def close(self) -> None:
-        if self._mm is not None:
-            self._mm.close()
-        os.close(self._fd)

@@ -13,9 +13,10 @@ import time
 import aiohttp
 import pytest
 
-from proxy.store.counters import Holdings, SharedCounters
-from tests.middlewares.helpers import CHAT, OPS, call, chat_body, key, routes, sha
-from tests.ops.conftest import eventually, http, ledger_rows, start_server  # noqa: F401  (fixtures)
+from proxy.store.counters import SharedCounters
+from proxy.store.holdings import Holdings
+from tests.middlewares.helpers import CHAT, OPS, call, chat_body, key, routes
+from tests.ops.conftest import eventually, ledger_rows, start_server  # noqa: F401  (a fixture)
 
 LIMITED = "sk-mw-limited-0123456789abcdef"
 # `pricey` on the mock: 8 prompt + 1 completion tokens of "hi" at $100/$200 per 1M = $0.001 a

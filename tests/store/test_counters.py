@@ -5,7 +5,8 @@ import os
 import pytest
 
 from proxy.store import limits
-from proxy.store.counters import MAGIC, CountersFull, Holdings, SharedCounters
+from proxy.store.counters import MAGIC, CountersFull, SharedCounters
+from proxy.store.holdings import Holdings
 
 NOW = 1_700_000_000.0 - 1_700_000_000.0 % 60 + 10     # 10 s into a minute
 CTX = multiprocessing.get_context("fork")
@@ -200,8 +201,8 @@ def test_deferred_spend_counts_here_at_once_and_elsewhere_after_a_flush(tmp_path
 
 def test_holdings_file_lists_only_what_is_held(tmp_path):
     holds = Holdings(tmp_path / "h")
-    holds.add(64 + 3 * 64, 77, 1, 500)
-    holds.add(64 + 3 * 64, 77, -1, -500)
-    holds.add(64 + 5000 * 64, 78, 2, 0)            # past the first size: the file grows
+    holds.add(3, 77, 1, 500)
+    holds.add(3, 0, -1, -500)
+    holds.add(5000, 78, 2, 0)                      # past the first size: the file grows
     holds.close()
-    assert Holdings.read(tmp_path / "h") == [(64 + 5000 * 64, 78, 2, 0)]
+    assert Holdings.read(tmp_path / "h") == [(5000, 78, 2, 0)]
