@@ -52,8 +52,13 @@ def seconds_to_utc_midnight(now: float | None = None) -> int:
 
 
 def micro(usd: float) -> int:
-    """USD in micro-USD, rounded up: the counters never count less than the ledger."""
+    """A cost in micro-USD, rounded up: the counters never count less than the ledger."""
     return math.ceil(usd * 1_000_000 - 1e-6)
+
+
+def micro_limit(usd: float) -> int:
+    """A limit or balance in micro-USD, rounded down."""
+    return math.floor(usd * 1_000_000 + 1e-6)
 
 
 def static_stamp(balance: float) -> int:
@@ -78,7 +83,7 @@ class RateLimit(Middleware):
         """Seed a static key's remaining balance: routes.yaml's minus its ledger spend. The
         ledger is read (blocking, at config load) only when the balance in routes.yaml changed."""
         stamp = static_stamp(balance)
-        left = micro(balance)
+        left = micro_limit(balance)
         if self.counters.stamp(key_id) != stamp:
             spent = self.gateway.db.call(query_balance, key_id, None).get("total_spent") or 0.0
             left -= micro(spent)
@@ -102,7 +107,7 @@ class RateLimit(Middleware):
                 stamp, left = self.static_seeds.get(key.id) or self._managed_seed(ctx, key)
         try:
             code, remaining, wait = self.counters.admit(key.id, ctx.created, limit, concurrent, reserve,
-                                                        None if daily is None else micro(daily), stamp, left)
+                                                        None if daily is None else micro_limit(daily), stamp, left)
         except CountersFull:
             self.gateway.metrics.inc(UNCOUNTED, ())
             raise
@@ -128,8 +133,8 @@ class RateLimit(Middleware):
             digest = self.digests[key.id] = hashlib.sha256(secret.encode()).hexdigest()
         record = self.gateway.keys.lookup(digest)
         if record is None:     # deleted since auth: count from the balance auth saw
-            return 1, micro(key.balance)
-        return int(record["updated_at"] * 1_000_000), micro(record["balance"] or 0.0)
+            return 1, micro_limit(key.balance)
+        return int(record["updated_at"] * 1_000_000), micro_limit(record["balance"] or 0.0)
 
     def _refusal(self, code: str, key, wait: int, reserve: int) -> RateLimited:
         if code == limits.MINUTE:

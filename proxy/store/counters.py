@@ -83,6 +83,7 @@ class SharedCounters:
         self.max_segments, self.idle_seconds = max_segments, idle_seconds
         self._spend: dict[tuple[str, int], int] = {}   # (key id, UTC day) -> micro-USD not yet in the file
         self._index: dict[str, tuple[int, int]] = {}   # key id -> (record offset, hash)
+        self._full_logged = False
         self._fd = self._open(slots)
         self._mm = mmap.mmap(self._fd, HEADER_SIZE)
         self.slots = self.segments = 0
@@ -144,6 +145,7 @@ class SharedCounters:
             off = self._probe(h)
             if off is None:
                 off = self._free_record(h, now)
+                self._full_logged = False
                 self._lock(off)
                 RECORD.pack_into(self._mm, off, h, *_EMPTY[1:])
                 self._unlock(off)
@@ -180,7 +182,9 @@ class SharedCounters:
             if off is not None:
                 return off
         if self.segments >= self.max_segments:
-            log.error("counters_full", path=str(self.path), records=self.slots * self.segments)
+            if not self._full_logged:     # once until a record is free again (refusals are metered)
+                self._full_logged = True
+                log.error("counters_full", path=str(self.path), records=self.slots * self.segments)
             raise CountersFull("This key's limits cannot be counted right now (the counters table is "
                                "full); the request was not served.", tip="Ask an administrator.")
         segments = self.segments + 1

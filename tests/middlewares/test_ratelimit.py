@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 
 import aiohttp
 import openai
 import orjson
 import pytest
 
+from proxy.store.counters import MAX_SEGMENTS, SharedCounters
 from tests.cli.procs import Server, clean_env, pid_alive
 from tests.middlewares.helpers import (APP, CHAT, OPS, assert_sdk_error, call, chat_body, eventually, key,
-                                       routes, row_for, wait_ledger)
+                                       parse_prometheus, routes, row_for, wait_ledger)
 
 HI = [{"role": "user", "content": "hi"}]
 MINUTE = "sk-mw-minute-0123456789abcdef"
@@ -291,3 +293,20 @@ def _stop(server: Server, workers: set[int]) -> None:
         if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
     server.close()
+
+
+async def test_a_key_that_cannot_be_counted_is_refused_503_never_served_unlimited(upstream, make_gateway,
+                                                                                    data_dir, http):
+    data_dir.mkdir(parents=True)
+    full = SharedCounters(data_dir / "counters.bin", slots=1)     # a table of one record a segment...
+    for i in range(MAX_SEGMENTS):                                  # ...grown to its most, all in use
+        full.admit(f"static:busy{i}", time.time(), 1000, None)
+    full.close()
+    gw = await make_gateway(routes(upstream.url, keys=[key("app", APP), key("minute", MINUTE, minute_limit=3)]))
+    for _ in range(2):
+        status, _, body = await call(http, "POST", gw.url + CHAT, MINUTE, chat_body("mock-echo"))
+        assert status == 503 and body["error"]["code"] == "limits_unavailable", body
+    assert (await call(http, "POST", gw.url + CHAT, APP, chat_body("mock-echo")))[0] == 200   # unlimited: fine
+    async with http.get(gw.url + "/metrics") as resp:
+        samples = parse_prometheus(await resp.text())
+    assert samples[("modelway_limits_uncounted_total", frozenset())] == 2
