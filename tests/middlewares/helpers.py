@@ -45,8 +45,12 @@ def routes(upstream_url: str | None = None, *, keys: list[dict] | None = None,
     (cache, presets, auth, server)."""
     providers = {"mock": {"type": "mock", "options": {"chunks": 4}},
                  "lazy": {"type": "mock", "options": {"latency_ms": 400}}, **(providers or {})}
-    table: dict = {"mock-echo": {"targets": [{"provider": "mock"}], "pricing": {"input": 1.0, "output": 2.0}},
-                   "mock-lazy": {"targets": [{"provider": "lazy"}], "pricing": {"input": 1.0, "output": 2.0}}}
+    # `max_tokens`: the output cap a request without one reserves against a balance (the mock
+    # echoes the prompt: far less)
+    table: dict = {"mock-echo": {"targets": [{"provider": "mock"}], "pricing": {"input": 1.0, "output": 2.0},
+                                 "max_tokens": 256},
+                   "mock-lazy": {"targets": [{"provider": "lazy"}], "pricing": {"input": 1.0, "output": 2.0},
+                                 "max_tokens": 256}}
     if upstream_url:
         providers["up"] = {"type": "openai", "base_url": upstream_url,
                            "timeouts": {"first_byte": 5, "idle": 5, "total": 30}}
