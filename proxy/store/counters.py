@@ -25,6 +25,7 @@ workers start. A graceful `close()` gives back what the process still holds.
 from __future__ import annotations
 
 import fcntl
+from fcntl import LOCK_EX, LOCK_UN, lockf
 import hashlib
 import mmap
 import os
@@ -239,15 +240,25 @@ class SharedCounters:
               reserve: int = 0, daily: int | None = None, stamp: int = 0,
               balance: int = 0) -> tuple[str | None, int, int]:
         """limits.admit on the key's record; what an admitted request holds is noted in this
-        process's holdings file. Raises CountersFull."""
-        def hold(verdict: tuple, off: int, h: int) -> None:
-            if verdict[0] is None:
-                self._holdings().add((off - HEADER_SIZE) // RECORD_SIZE, h, 1 if max_concurrent is not None else 0,
-                                     reserve)
-
-        track = hold if max_concurrent is not None or reserve else None
-        return self._update(key_id, now, lambda f: limits.admit(
-            f, int(now * 1_000_000), minute_limit, max_concurrent, reserve, daily, stamp, balance), track)[0]
+        process's holdings file. Raises CountersFull. (Once per request: `_update` inlined.)"""
+        found = self._index.get(key_id)
+        off, h = found if found is not None else self._find(key_id, now)
+        fd = self._fd
+        lockf(fd, LOCK_EX, RECORD_SIZE, off)
+        try:
+            fields = list(RECORD.unpack_from(self._mm, off))
+            if fields[0] == h:
+                verdict = limits.admit(fields, int(now * 1_000_000), minute_limit, max_concurrent, reserve,
+                                       daily, stamp, balance)
+                RECORD.pack_into(self._mm, off, *fields)
+                if verdict[0] is None and (reserve or max_concurrent is not None):
+                    self._holdings().add((off - HEADER_SIZE) // RECORD_SIZE, h,
+                                         0 if max_concurrent is None else 1, reserve)
+                return verdict
+        finally:
+            lockf(fd, LOCK_UN, RECORD_SIZE, off)
+        del self._index[key_id]          # reclaimed and reused meanwhile: find it again
+        return self.admit(key_id, now, minute_limit, max_concurrent, reserve, daily, stamp, balance)
 
     def settle(self, key_id: str, now: float, reserve: int, cost: int, concurrency: bool) -> None:
         """limits.settle for a request admitted at `now` (its UTC day gets the cost)."""
