@@ -27,14 +27,18 @@ DEFAULT_OUTPUT_CAP = 131_072      # tokens, for a route that names no output lim
 PRESET_PREFIXES = ("presets/", "@preset/")
 
 
-def _output_cap(route, providers) -> int:
+def _output_cap(match, providers) -> int:
+    route = match.route
     if route.max_tokens_default:
         return route.max_tokens_default
-    for target in route.targets:
+    caps = []
+    for target in route.targets:      # the largest default output of any target
         provider = providers.get(target.provider)
         if provider is not None and provider.type == "anthropic":
-            return model_info(target.model or route.name).max_output
-    return route.context_length or DEFAULT_OUTPUT_CAP
+            caps.append(model_info(match.upstream_model(target)).max_output)
+        else:
+            caps.append(route.context_length or DEFAULT_OUTPUT_CAP)
+    return max(caps, default=DEFAULT_OUTPUT_CAP)
 
 
 def _requested_output(body: dict, params) -> int | None:
@@ -72,10 +76,10 @@ def reservation_micro(ctx) -> int:
         if not isinstance(name, str):
             continue
         try:
-            route = resolve(name, ctx.state.table).route
+            match = resolve(name, ctx.state.table)
         except GatewayError:
             continue
-        p = route.pricing
-        out = asked if asked is not None else _output_cap(route, config.providers)
+        p = match.route.pricing
+        out = asked if asked is not None else _output_cap(match, config.providers)
         worst = max(worst, prompt * max(p.input, p.cached_input_price, p.cache_write_price) + out * n * p.output)
     return math.ceil(worst)

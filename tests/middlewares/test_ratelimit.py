@@ -310,3 +310,27 @@ async def test_a_key_that_cannot_be_counted_is_refused_503_never_served_unlimite
     async with http.get(gw.url + "/metrics") as resp:
         samples = parse_prometheus(await resp.text())
     assert samples[("modelway_limits_uncounted_total", frozenset())] == 2
+
+
+async def test_the_reservation_is_the_body_bytes_and_the_output_cap_at_the_route_prices(upstream, make_gateway,
+                                                                                          http):
+    models = {"claude-x": {"targets": [{"provider": "claude", "model": "claude-sonnet-4-20250514"}],
+                           "pricing": {"input": 3.0, "output": 15.0, "cache_write": 3.75}},
+              "capped": {"targets": [{"provider": "mock"}], "pricing": {"input": 1.0, "output": 2.0},
+                         "max_tokens": 1000}}
+    providers = {"claude": {"type": "anthropic", "base_url": upstream.url, "api_key": "k"}}
+    gw = await make_gateway(routes(upstream.url, keys=[key("daily", DAILY, daily_limit=0.0001)], models=models,
+                                   providers=providers))
+
+    async def refusal(body: bytes) -> str:
+        status, _, got = await call(http, "POST", gw.url + CHAT, DAILY, body)
+        assert status == 429 and got["error"]["code"] == "daily_limit_insufficient", got
+        return got["error"]["message"]
+    body = b'{"model": "capped", "messages": [{"role": "user", "content": "hi"}]}'
+    # len(body) bytes at $1/1M + the route's max_tokens 1000 at $2/1M
+    assert f"up to ${(len(body) * 1 + 1000 * 2) / 1e6:.6f}," in await refusal(body)
+    body = b'{"model": "capped", "n": 3, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}'
+    assert f"up to ${(len(body) * 1 + 3 * 50 * 2) / 1e6:.6f}," in await refusal(body)
+    # a Claude model without max_tokens: its output limit (64,000), prompt at the dearest price
+    body = b'{"model": "claude-x", "messages": [{"role": "user", "content": "hi"}]}'
+    assert f"up to ${(len(body) * 3.75 + 64000 * 15) / 1e6:.6f}," in await refusal(body)
