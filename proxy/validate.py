@@ -26,7 +26,7 @@ from proxy.context import RequestContext
 from proxy.errors import InvalidRequest, PayloadTooLarge
 
 __all__ = ["read_json", "json_depth", "check_chat_body", "check_embeddings_body", "check_messages_body",
-           "check_fields", "CHAT_FIELDS", "EMBEDDINGS_FIELDS", "MESSAGES_FIELDS"]
+           "CHAT_FIELDS", "EMBEDDINGS_FIELDS", "MESSAGES_FIELDS"]
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -187,7 +187,7 @@ class Nullable(Check):
     __slots__ = ("check", "what")
 
     def __init__(self, check: Check):
-        self.check, self.what = check, check.what + " or null"
+        self.check, self.what = check.__call__, check.what + " or null"
 
     def __call__(self, value) -> None:
         if value is not None:
@@ -198,7 +198,7 @@ class ListOf(Check):
     __slots__ = ("item", "min_len", "what")
 
     def __init__(self, item: Check, min_len: int = 0):
-        self.item, self.min_len = item, min_len
+        self.item, self.min_len = item.__call__, min_len     # bound methods: the quickest to call
         self.what = "a non-empty array" if min_len else "an array"
 
     def __call__(self, value) -> None:
@@ -216,39 +216,74 @@ class ListOf(Check):
             raise
 
 
+class Messages(ListOf):
+    """Chat messages: a quick pass when every message is just a plain role and text content
+    (most requests), else the full check of each."""
+    __slots__ = ()
+    PLAIN = frozenset({"system", "developer", "user", "assistant"})
+
+    def __call__(self, value) -> None:
+        if value.__class__ is list and value:
+            plain = self.PLAIN
+            for m in value:
+                if not (m.__class__ is dict and len(m) == 2 and m.get("content").__class__ is str
+                        and (role := m.get("role")).__class__ is str and role in plain):
+                    break
+            else:
+                return
+        ListOf.__call__(self, value)
+
+
 class MapOf(Check):
     """An object whose every value passes `value`."""
     __slots__ = ("value",)
     what = "an object"
 
     def __init__(self, value: Check):
-        self.value = value
+        self.value = value.__call__
 
     def __call__(self, value) -> None:
         if value.__class__ is not dict:
             raise _bad_type(self.what, value)
-        key = ""
+        check, key = self.value, ""
         try:
             for key, v in value.items():      # noqa: B007
-                self.value(v)
+                check(v)
         except Bad as bad:
             bad.path.append(f".{key}")
             raise
 
 
 class Obj(Check):
-    """An object: the known keys checked (null passes for optional ones), `required` present;
-    other keys pass."""
-    __slots__ = ("fields", "required")
+    """An object: the known keys checked (null passes for optional ones and Nullable required
+    ones), `required` present; other keys pass."""
+    __slots__ = ("fields", "calls", "required", "nullable")
     what = "an object"
 
     def __init__(self, fields: dict[str, Check] | None = None, required: tuple[str, ...] = ()):
-        self.fields, self.required = fields or {}, required
+        self.fields = fields or {}
+        self.calls = {k: v.__call__ for k, v in self.fields.items()}
+        self.required = required
+        self.nullable = frozenset(k for k in required if isinstance(self.fields.get(k), Nullable))
 
-    def __call__(self, value) -> None:
-        if value.__class__ is not dict:
-            raise _bad_type(self.what, value)
-        check_fields(value, self.fields, self.required)
+    def __call__(self, body) -> None:
+        if body.__class__ is not dict:
+            raise _bad_type(self.what, body)
+        for name in self.required:
+            if body.get(name) is None and name not in self.nullable:
+                bad = Bad("missing_required_parameter", "")
+                bad.path.append(f".{name}")
+                raise bad
+        calls = self.calls
+        name = ""
+        try:
+            for name, value in body.items():      # noqa: B007
+                check = calls.get(name)
+                if check is not None and value is not None:
+                    check(value)
+        except Bad as bad:
+            bad.path.append(f".{name}")
+            raise
 
 
 class ByType(Check):
@@ -257,7 +292,7 @@ class ByType(Check):
 
     def __init__(self, what: str, **by_type: Check):
         names = {"str": str, "list": list, "dict": dict, "int": int}
-        self.by_type = {names[k]: v for k, v in by_type.items()}
+        self.by_type = {names[k]: v.__call__ for k, v in by_type.items()}
         self.what = what
 
     def __call__(self, value) -> None:
@@ -303,7 +338,8 @@ class Tagged(Check):
     what = "an object"
 
     def __init__(self, tag: str, variants: dict[str, Check], other: Check | None = None):
-        self.tag, self.variants, self.other = tag, variants, other
+        self.tag, self.other = tag, other
+        self.variants = {k: v.__call__ for k, v in variants.items()}
         self.tag_enum = Enum(*variants)
 
     def __call__(self, value) -> None:
@@ -324,27 +360,10 @@ class Tagged(Check):
         check(value)
 
 
-def check_fields(body: dict, fields: dict[str, Check], required: tuple[str, ...] = ()) -> None:
-    """Check the known fields of an object; raises Bad with the key in its path."""
-    for name in required:
-        if body.get(name) is None and not (name in body and isinstance(fields.get(name), Nullable)):
-            bad = Bad("missing_required_parameter", "")
-            bad.path.append(f".{name}")
-            raise bad
-    for name, value in body.items():
-        check = fields.get(name)
-        if check is not None and value is not None:
-            try:
-                check(value)
-            except Bad as bad:
-                bad.path.append(f".{name}")
-                raise
-
-
-def check_top(body: dict, fields: dict[str, Check]) -> None:
-    """check_fields on a request body, a failure raised as the 400 naming the field."""
+def check_top(body: dict, fields: Obj) -> None:
+    """A request body's fields, a failure raised as the 400 naming the field's path."""
     try:
-        check_fields(body, fields)
+        fields(body)
     except Bad as bad:
         raise bad.error(bad.path.pop()[1:]) from None
 
@@ -398,9 +417,8 @@ RESPONSE_FORMAT = Tagged("type", {
 })
 PENALTY = Num(-2, 2)
 
-CHAT_FIELDS: dict[str, Check] = {
-    "model": STR,
-    "messages": ListOf(MESSAGE, min_len=1),
+CHAT_FIELDS = Obj({        # `model` is checked by check_chat_body (a preset may stand for it)
+    "messages": Messages(MESSAGE, min_len=1),
     "temperature": Num(0, 2),
     "top_p": Num(0, 1),
     "n": Int(1, 128),
@@ -436,31 +454,31 @@ CHAT_FIELDS: dict[str, Check] = {
     "service_tier": STR,
     "store": BOOL,
     "web_search_options": OBJ,
-}
+})
 
 TOKENS = ListOf(Int(0))
-EMBEDDINGS_FIELDS: dict[str, Check] = {
+EMBEDDINGS_FIELDS = Obj({
     "model": STR,
     "input": ByType("a string or an array", str=STR, list=Uniform(
         "a non-empty array of strings, tokens or token arrays", str=STR, int=Int(0), list=TOKENS)),
     "encoding_format": Enum("float", "base64"),
     "dimensions": Int(1),
     "user": STR,
-}
+})
 
 # /v1/messages: Anthropic's own fields its translation does not check (proxy/inbound/messages.py
 # checks model, max_tokens, system, messages, stop_sequences, tools, tool_choice, thinking,
 # output_config), and the OpenAI fields such a body may carry, passed on: checked as on
 # /v1/chat/completions
-MESSAGES_FIELDS: dict[str, Check] = {
-    **{k: v for k, v in CHAT_FIELDS.items() if k not in ("model", "messages", "max_tokens", "tools", "tool_choice")},
+MESSAGES_FIELDS = Obj({
+    **{k: v for k, v in CHAT_FIELDS.fields.items() if k not in ("model", "messages", "max_tokens", "tools", "tool_choice")},
     "temperature": Num(0, 1),
     "top_p": Num(0, 1),
     "top_k": Int(0),
     "stream": BOOL,
     "metadata": Obj({"user_id": STR}),
     "service_tier": STR,
-}
+})
 
 
 def check_chat_body(body: dict) -> None:
