@@ -3,17 +3,17 @@
 The fields OpenAI's API defines for Chat Completions and Embeddings (the `openai` package's
 `types/chat/completion_create_params.py`, `types/embedding_create_params.py` and the message,
 tool and content-part types they name) are checked against the tables CHAT_FIELDS,
-EMBEDDINGS_FIELDS and MESSAGES_FIELDS (the Anthropic-only fields of /v1/messages): a wrong JSON
-type, an unknown enum value or an out-of-range number is a 400 `invalid_request_error` whose
-`param` is the path of the value (`messages[1].role`, `tools[0].function.name`). Checks are
-shallow where a provider looks deeper (a JSON schema is an object; what is in it is the
-provider's business); `null` is accepted wherever a field is optional. Fields not in a table
-pass through unchanged, and so do unknown tool and content-part types: other providers define
+EMBEDDINGS_FIELDS and MESSAGES_FIELDS (/v1/messages: Anthropic's own fields and OpenAI's passed
+on): a wrong JSON type, an unknown enum value or an out-of-range number is a 400
+`invalid_request_error` whose `param` is the path of the value (`messages[1].role`,
+`tools[0].function.name`). Checks are shallow where a provider looks deeper (a JSON schema is
+an object; what is in it is the provider's business); `null` is accepted wherever a field is
+optional. Fields not in a table pass through unchanged, and so do unknown tool and
+content-part types: other providers define
 their own. Enums are checked where the gateway acts on the value (roles, tool_choice,
 response_format, reasoning_effort, modalities), not where providers differ (service_tier).
 
-A check is a small object called with the value; it raises `Bad` (only on the error path) and
-each enclosing check adds its segment of the path on the way out.
+The checks themselves (Str, Num, Enum, ListOf, Obj, Tagged, ...) are in proxy/checks.py.
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ import asyncio
 import orjson
 from aiohttp import web
 
+from proxy.checks import (Any_, Bool, ByType, Enum, Int, ListOf, MapOf, Nullable, Num, Obj, Str, Tagged,
+                          Uniform, check_top)
 from proxy.context import RequestContext
 from proxy.errors import InvalidRequest, PayloadTooLarge
 
@@ -79,142 +81,7 @@ def json_depth(value, limit: int) -> int:
     return depth
 
 
-# -- checks -----------------------------------------------------------------------------------
-
-class Bad(Exception):
-    """A value failed its check: the path below the field (built on the way out), the code
-    (invalid_type, invalid_value, missing_required_parameter) and what was expected."""
-
-    def __init__(self, code: str, expected: str, got: str = ""):
-        super().__init__(expected)
-        self.code, self.expected, self.got, self.path = code, expected, got, []
-
-    def error(self, field: str) -> InvalidRequest:
-        param = field + "".join(reversed(self.path))
-        if self.code == "missing_required_parameter":
-            message = f"Missing required parameter: '{param}'."
-        elif self.code == "invalid_type":
-            message = f"Invalid type for '{param}': expected {self.expected}, got {self.got}."
-        else:
-            message = f"Invalid value for '{param}': {self.got}; expected {self.expected}."
-        return InvalidRequest(message, param=param, code=self.code)
-
-
-_JSON_TYPES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
-               dict: "an object", type(None): "null"}
-
-
-def _bad_type(expected: str, value) -> Bad:
-    return Bad("invalid_type", expected, _JSON_TYPES.get(type(value), type(value).__name__))
-
-
-def _shown(value) -> str:
-    text = orjson.dumps(value).decode() if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-class Check:
-    __slots__ = ()
-    what = "a value"
-
-    def __call__(self, value) -> None:
-        raise NotImplementedError
-
-
-class Str(Check):
-    __slots__ = ()
-    what = "a string"
-
-    def __call__(self, value) -> None:
-        if value.__class__ is not str:
-            raise _bad_type(self.what, value)
-
-
-class Bool(Check):
-    __slots__ = ()
-    what = "a boolean"
-
-    def __call__(self, value) -> None:
-        if value is not True and value is not False:
-            raise _bad_type(self.what, value)
-
-
-class Num(Check):
-    """A number (an integer when `integer`), within [lo, hi] when given. JSON true/false are not numbers."""
-    __slots__ = ("lo", "hi", "integer", "what")
-
-    def __init__(self, lo: float | None = None, hi: float | None = None, *, integer: bool = False):
-        self.lo, self.hi, self.integer = lo, hi, integer
-        self.what = "an integer" if integer else "a number"
-
-    def __call__(self, value) -> None:
-        cls = value.__class__
-        if cls is not int and (self.integer or cls is not float):
-            raise _bad_type(self.what, value)
-        if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
-            bounds = (f"between {self.lo:g} and {self.hi:g}" if self.lo is not None and self.hi is not None
-                      else f">= {self.lo:g}" if self.lo is not None else f"<= {self.hi:g}")
-            raise Bad("invalid_value", f"{self.what} {bounds}", _shown(value))
-
-
-def Int(lo: float | None = None, hi: float | None = None) -> Num:
-    return Num(lo, hi, integer=True)
-
-
-class Enum(Check):
-    __slots__ = ("values", "what")
-
-    def __init__(self, *values: str):
-        self.values = frozenset(values)
-        self.what = "one of " + ", ".join(repr(v) for v in values)
-
-    def __call__(self, value) -> None:
-        if value.__class__ is not str:
-            raise _bad_type("a string", value)
-        if value not in self.values:
-            raise Bad("invalid_value", self.what, _shown(value))
-
-
-class Any_(Check):
-    """Anything, null included: a field whose shape is the provider's business."""
-    __slots__ = ()
-
-    def __call__(self, value) -> None:
-        return None
-
-
-class Nullable(Check):
-    __slots__ = ("check", "what")
-
-    def __init__(self, check: Check):
-        self.check, self.what = check.__call__, check.what + " or null"
-
-    def __call__(self, value) -> None:
-        if value is not None:
-            self.check(value)
-
-
-class ListOf(Check):
-    __slots__ = ("item", "min_len", "what")
-
-    def __init__(self, item: Check, min_len: int = 0):
-        self.item, self.min_len = item.__call__, min_len     # bound methods: the quickest to call
-        self.what = "a non-empty array" if min_len else "an array"
-
-    def __call__(self, value) -> None:
-        if value.__class__ is not list:
-            raise _bad_type(self.what, value)
-        if len(value) < self.min_len:
-            raise Bad("invalid_value", self.what, "an empty array")
-        item = self.item
-        i = 0
-        try:
-            for i, v in enumerate(value):      # noqa: B007  (i names the failing item)
-                item(v)
-        except Bad as bad:
-            bad.path.append(f"[{i}]")
-            raise
-
+# -- the tables (after the openai package's types) ---------------------------------------------
 
 class Messages(ListOf):
     """Chat messages: a quick pass when every message is just a plain role and text content
@@ -233,142 +100,6 @@ class Messages(ListOf):
                 return
         ListOf.__call__(self, value)
 
-
-class MapOf(Check):
-    """An object whose every value passes `value`."""
-    __slots__ = ("value",)
-    what = "an object"
-
-    def __init__(self, value: Check):
-        self.value = value.__call__
-
-    def __call__(self, value) -> None:
-        if value.__class__ is not dict:
-            raise _bad_type(self.what, value)
-        check, key = self.value, ""
-        try:
-            for key, v in value.items():      # noqa: B007
-                check(v)
-        except Bad as bad:
-            bad.path.append(f".{key}")
-            raise
-
-
-class Obj(Check):
-    """An object: the known keys checked (null passes for optional ones and Nullable required
-    ones), `required` present; other keys pass."""
-    __slots__ = ("fields", "calls", "required", "nullable")
-    what = "an object"
-
-    def __init__(self, fields: dict[str, Check] | None = None, required: tuple[str, ...] = ()):
-        self.fields = fields or {}
-        self.calls = {k: v.__call__ for k, v in self.fields.items()}
-        self.required = required
-        self.nullable = frozenset(k for k in required if isinstance(self.fields.get(k), Nullable))
-
-    def __call__(self, body) -> None:
-        if body.__class__ is not dict:
-            raise _bad_type(self.what, body)
-        for name in self.required:
-            if body.get(name) is None and name not in self.nullable:
-                bad = Bad("missing_required_parameter", "")
-                bad.path.append(f".{name}")
-                raise bad
-        calls = self.calls
-        name = ""
-        try:
-            for name, value in body.items():      # noqa: B007
-                check = calls.get(name)
-                if check is not None and value is not None:
-                    check(value)
-        except Bad as bad:
-            bad.path.append(f".{name}")
-            raise
-
-
-class ByType(Check):
-    """One check per JSON type (e.g. a string or an array of strings)."""
-    __slots__ = ("by_type", "what")
-
-    def __init__(self, what: str, **by_type: Check):
-        names = {"str": str, "list": list, "dict": dict, "int": int}
-        self.by_type = {names[k]: v.__call__ for k, v in by_type.items()}
-        self.what = what
-
-    def __call__(self, value) -> None:
-        check = self.by_type.get(value.__class__)
-        if check is None:
-            raise _bad_type(self.what, value)
-        check(value)
-
-
-class Uniform(Check):
-    """A non-empty array whose items are all of one JSON type, each checked by that type's check
-    (OpenAI's `input`: strings, tokens or token arrays, not a mix)."""
-    __slots__ = ("by_type", "what")
-
-    def __init__(self, what: str, **by_type: Check):
-        self.by_type = ByType(what, **by_type).by_type
-        self.what = what
-
-    def __call__(self, value) -> None:
-        if value.__class__ is not list:
-            raise _bad_type(self.what, value)
-        if not value:
-            raise Bad("invalid_value", self.what, "an empty array")
-        cls = value[0].__class__
-        check = self.by_type.get(cls)
-        i = 0
-        try:
-            if check is None:
-                raise _bad_type(self.what, value[0])
-            for i, v in enumerate(value):      # noqa: B007
-                if v.__class__ is not cls:
-                    raise _bad_type(_JSON_TYPES[cls] + " like the first item", v)
-                check(v)
-        except Bad as bad:
-            bad.path.append(f"[{i}]")
-            raise
-
-
-class Tagged(Check):
-    """An object told apart by a string field (`type`, `role`): each variant's own check;
-    an unknown tag is refused unless `other` (a check, e.g. Any_()) takes it."""
-    __slots__ = ("tag", "variants", "other", "tag_enum")
-    what = "an object"
-
-    def __init__(self, tag: str, variants: dict[str, Check], other: Check | None = None):
-        self.tag, self.other = tag, other
-        self.variants = {k: v.__call__ for k, v in variants.items()}
-        self.tag_enum = Enum(*variants)
-
-    def __call__(self, value) -> None:
-        if value.__class__ is not dict:
-            raise _bad_type(self.what, value)
-        kind = value.get(self.tag)
-        check = self.variants.get(kind) if kind.__class__ is str else None
-        if check is None:
-            try:
-                if kind is None:
-                    raise Bad("missing_required_parameter", "")
-                if kind.__class__ is not str or self.other is None:
-                    self.tag_enum(kind)
-            except Bad as bad:
-                bad.path.append(f".{self.tag}")
-                raise
-            check = self.other
-        check(value)
-
-
-def check_top(body: dict, fields: Obj) -> None:
-    """A request body's fields, a failure raised as the 400 naming the field's path."""
-    try:
-        fields(body)
-    except Bad as bad:
-        raise bad.error(bad.path.pop()[1:]) from None
-
-
-# -- the tables (after the openai package's types) ---------------------------------------------
 
 STR, BOOL, OBJ, ANY = Str(), Bool(), Obj(), Any_()
 STRS = ListOf(STR)
@@ -471,7 +202,8 @@ EMBEDDINGS_FIELDS = Obj({
 # output_config), and the OpenAI fields such a body may carry, passed on: checked as on
 # /v1/chat/completions
 MESSAGES_FIELDS = Obj({
-    **{k: v for k, v in CHAT_FIELDS.fields.items() if k not in ("model", "messages", "max_tokens", "tools", "tool_choice")},
+    **{k: v for k, v in CHAT_FIELDS.fields.items()
+       if k not in ("model", "messages", "max_tokens", "tools", "tool_choice")},
     "temperature": Num(0, 1),
     "top_p": Num(0, 1),
     "top_k": Int(0),

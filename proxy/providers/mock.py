@@ -152,7 +152,8 @@ def tool_call(body: dict, messages: list[dict], text: str) -> dict | None:
     fn = next((fn for fn in tools if fn["name"] == named), mentioned or tools[0])
     args = sample(fn.get("parameters") or {"type": "object"}, text)
     call_id = "call_" + hashlib.sha1((fn["name"] + text).encode()).hexdigest()[:24]
-    return {"id": call_id, "type": "function", "function": {"name": fn["name"], "arguments": orjson.dumps(args).decode()}}
+    return {"id": call_id, "type": "function",
+            "function": {"name": fn["name"], "arguments": orjson.dumps(args).decode()}}
 
 
 def _obj(value) -> dict:

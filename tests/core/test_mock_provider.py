@@ -290,7 +290,8 @@ async def test_odd_input_is_never_a_500(mock_gw, http):
 
 async def test_odd_tool_and_schema_shapes_are_400_not_500(mock_gw, http):
     for fields, param in (({"tools": [{"type": "function", "function": 5}]}, "tools[0].function"),
-                          ({"response_format": {"type": "json_schema", "json_schema": 5}}, "response_format.json_schema"),
+                          ({"response_format": {"type": "json_schema", "json_schema": 5}},
+                           "response_format.json_schema"),
                           ({"response_format": {"type": "json_schema", "json_schema": {"name": "o", "schema": "x"}}},
                            "response_format.json_schema.schema")):
         got = await post_json(http, mock_gw.url + "/v1/chat/completions", chat_body("mock-echo", **fields))
