@@ -9,9 +9,9 @@ on): a wrong JSON type, an unknown enum value or an out-of-range number is a 400
 `tools[0].function.name`). Checks are shallow where a provider looks deeper (a JSON schema is
 an object; what is in it is the provider's business); `null` is accepted wherever a field is
 optional. Fields not in a table pass through unchanged, and so do unknown tool and
-content-part types: other providers define
-their own. Enums are checked where the gateway acts on the value (roles, tool_choice,
-response_format, reasoning_effort, modalities), not where providers differ (service_tier).
+content-part types: other providers define their own. Enums are checked where the gateway
+acts on the value (roles, tool_choice, response_format, reasoning_effort, modalities), not
+where providers differ (service_tier).
 
 The checks themselves (Str, Num, Enum, ListOf, Obj, Tagged, ...) are in proxy/checks.py.
 """
