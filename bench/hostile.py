@@ -281,12 +281,15 @@ def report(args, h: Hostile, exit_code: int, fd_limit: int, wall: float) -> str:
                      f"{s.ledger_rows} | {s.ledger_bytes} | {s.idle_open} | {s.slow_open} |")
     hostile = [s for s in t.samples if s.phase == "hostile"]
     if len(hostile) >= 4:
-        half = hostile[len(hostile) // 2]
-        last = hostile[-1]
-        lines += ["", "growth over the second half of the hostile phase (bounded if ~0): "
-                      f"RSS {last.rss_mb - half.rss_mb:+.1f} MB, /metrics {last.metrics_bytes - half.metrics_bytes:+d} "
-                      f"bytes, ledger {last.ledger_rows - half.ledger_rows:+d} rows / "
-                      f"{last.ledger_bytes - half.ledger_bytes:+d} bytes"]
+        first, half, last = hostile[0], hostile[len(hostile) // 2], hostile[-1]
+        answered = sum(n for kind, got in t.statuses.items() if kind in ("bad key", "giant name", "normal hostile")
+                       for outcome, n in got.items() if isinstance(outcome, int))
+        rows = last.ledger_rows - first.ledger_rows
+        metrics = last.metrics_bytes - half.metrics_bytes
+        lines += ["", "second half of the hostile phase (bounded: about 0): "
+                      f"RSS {last.rss_mb - half.rss_mb:+.1f} MB, /metrics {metrics:+d} bytes",
+                  f"ledger over the hostile phase: +{rows} rows for {answered} HTTP answers, "
+                  f"{(last.ledger_bytes - first.ledger_bytes) / max(rows, 1) / 1024:.1f} KB a row"]
     lines.append("")
     for kind in ("bad key", "giant name", "idle", "slowloris"):
         got = t.statuses.get(kind, Counter())
