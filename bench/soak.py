@@ -14,13 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import os
-import resource
 import secrets
 import shutil
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +26,7 @@ from pathlib import Path
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.common import cpu_seconds, fd_count, free_port, pct, raise_fd_limit, rss_mb, run_async, spawn, stop, wait_ready
 
 
 @dataclass
@@ -45,36 +41,6 @@ class Tally:
     open_streams: int = 0
     samples: list[tuple[float, float, int, int, float]] = field(default_factory=list)
     # (elapsed s, RSS MB, open streams, gateway fds, gateway CPU s)
-
-
-def raise_fd_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else 65536
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def gateway_config(port: int, up_port: int, data_dir: Path, digest: str, streams: int) -> str:
@@ -93,40 +59,6 @@ models:
 keys: [{{label: soak, sha256: "{digest}"}}]
 cache: {{enabled: false}}
 """
-
-
-def spawn(argv: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.pop("NOTIFY_SOCKET", None)
-    with open(log, "wb") as out:
-        return subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT)
-
-
-async def wait_ready(http: aiohttp.ClientSession, proc: subprocess.Popen, url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{url}: process exited with {proc.returncode}")
-        try:
-            async with http.get(url) as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise SystemExit(f"{url}: not ready after {timeout} s")
-
-
-def stop(proc: subprocess.Popen, timeout: float = 90) -> int:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 class Soak:
@@ -241,13 +173,6 @@ def ledger_check(db: Path, request_ids: list[str]) -> tuple[int, int, int, Count
     return len(rows), missing, duplicated, Counter(r[1] for r in rows), [r[3] for r in rows if not r[2]]
 
 
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
-
-
 def report(args, t: Tally, ledger: tuple, exit_code: int, fd_limit: int, wall: float) -> str:
     rows, missing, duplicated, statuses, inside = ledger
     full = [s for s, open_now in t.short_latency if open_now >= 0.9 * args.streams]
@@ -330,11 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (config, logs, ledger)")
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between RSS samples")
     args = parser.parse_args(argv)
-    try:
-        import uvloop
-        return uvloop.run(main_async(args))
-    except ImportError:
-        return asyncio.run(main_async(args))
+    return run_async(main_async(args))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import time
 from proxy.context import JSONReply, RequestContext
 from proxy.errors import AuthenticationError, InvalidRequest, NotFound, PermissionDenied
 from proxy.store.keys import check_fields, usd
+from proxy.validate import read_json
 
 _RELATIVE = re.compile(r"^(\d{1,12})([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -126,7 +127,6 @@ async def _keys(ctx: RequestContext, method: str, key_id: str | None) -> JSONRep
     if ctx.key is None or not ctx.key.management:
         raise PermissionDenied("Key management needs a management key (management_keys in routes.yaml).",
                                code="management_key_required")
-    from proxy.handlers import read_json
     store = ctx.gateway.keys
     if key_id is None and method == "GET":
         return JSONReply({"data": await store.alist()})

@@ -25,7 +25,8 @@ from aiohttp import web
 
 from proxy.context import JSONReply, RequestContext, StreamReply
 from proxy.errors import InvalidRequest
-from proxy.handlers import new_context, read_json, run
+from proxy.handlers import new_context, run
+from proxy.validate import read_json
 from proxy.native import NATIVE_BODY, NATIVE_REPLY, UNTRANSLATABLE
 from proxy.sse import data_event, split_events
 

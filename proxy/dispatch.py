@@ -284,25 +284,3 @@ def retry_after(err: GatewayError) -> float | None:
         return None
     return seconds if 0.0 <= seconds < math.inf else None
 
-
-def check_chat_body(body: dict) -> None:
-    """The fields the gateway itself needs, with a `param` naming what is wrong."""
-    model = body.get("model")
-    if model is None and isinstance(body.get("preset"), str):
-        body["model"] = model = ""       # the preset names the model
-    elif model is None:
-        raise InvalidRequest("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
-    if not isinstance(model, str) or not (model or body.get("preset")):
-        raise InvalidRequest("'model' must be a non-empty string.", param="model", code="invalid_type")
-    msgs = body.get("messages")
-    if msgs is None:
-        raise InvalidRequest("Missing required parameter: 'messages'.", param="messages",
-                             code="missing_required_parameter")
-    if not isinstance(msgs, list) or not msgs:
-        raise InvalidRequest("'messages' must be a non-empty array.", param="messages", code="invalid_type")
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise InvalidRequest(f"'messages[{i}]' must be an object with a 'role'.", param=f"messages[{i}]",
-                                 code="invalid_type")
-    if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
-        raise InvalidRequest("'stream' must be a boolean.", param="stream", code="invalid_type")

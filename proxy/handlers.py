@@ -11,9 +11,10 @@ from aiohttp import web
 from multidict import istr
 
 from proxy.context import JSONReply, RequestContext, StreamReply
-from proxy.dispatch import check_chat_body
-from proxy.errors import GatewayError, InvalidRequest, PayloadTooLarge, Unavailable
+from proxy.errors import GatewayError, Unavailable
+from proxy.inbound.adapter import prepare_count_tokens, prepare_messages, to_anthropic_reply
 from proxy.sse import DONE, data_event
+from proxy.validate import check_chat_body, check_embeddings_body, read_json
 
 log = structlog.get_logger("modelway")
 GATEWAY = web.AppKey("gateway", object)
@@ -35,52 +36,6 @@ def new_context(request: web.Request, endpoint: str) -> RequestContext:
     ctx = RequestContext(request=request, gateway=gw, request_id=request["request_id"], endpoint=endpoint,
                          state=gw.state)
     return ctx
-
-
-async def read_json(request: web.Request, ctx: RequestContext) -> dict:
-    server = ctx.state.config.server
-    if request.content_length is not None and request.content_length > server.max_body_bytes:
-        raise PayloadTooLarge(f"Request body is larger than the limit of {server.max_body_mb:g} MB.")
-    content = request.content
-    try:
-        if request.content_length is not None and content.total_bytes >= request.content_length:
-            raw = await request.read()          # already buffered: no timer needed
-        else:
-            async with asyncio.timeout(server.body_timeout):
-                raw = await request.read()
-    except TimeoutError:
-        raise InvalidRequest("Timed out reading the request body.", code="body_timeout", status=408)
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"Request body is larger than the limit of {server.max_body_mb:g} MB.")
-    if not raw:
-        raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    limit = server.max_json_depth
-    if raw.count(b"{") + raw.count(b"[") > limit and json_depth(body, limit) > limit:
-        raise InvalidRequest(f"The request body nests deeper than {limit} levels.", code="json_too_deep")
-    return body
-
-
-def json_depth(value, limit: int) -> int:
-    """Nesting depth of a parsed JSON value, giving up (returning limit + 1) past the limit."""
-    depth, level = 0, [value]
-    while level:
-        depth += 1
-        if depth > limit:
-            return depth
-        nxt = []
-        for v in level:
-            if isinstance(v, dict):
-                nxt.extend(x for x in v.values() if isinstance(x, (dict, list)))
-            elif isinstance(v, list):
-                nxt.extend(x for x in v if isinstance(x, (dict, list)))
-        level = nxt
-    return depth
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -105,26 +60,20 @@ async def _prepare_chat(request: web.Request, ctx: RequestContext) -> None:
 
 async def _prepare_embeddings(request: web.Request, ctx: RequestContext) -> None:
     body = await read_json(request, ctx)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("Missing required parameter: 'model'.", param="model")
-    if "input" not in body:
-        raise InvalidRequest("Missing required parameter: 'input'.", param="input")
-    ctx.body, ctx.model, ctx.requested_model = body, model, model
+    check_embeddings_body(body)
+    ctx.body = body
+    ctx.model = ctx.requested_model = body["model"]
 
 
 ANTHROPIC_ENDPOINTS = frozenset(("messages", "count_tokens"))   # errors in Anthropic's shape
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
-    # function-level: proxy.inbound imports proxy.native, which dispatch (imported above) imports first
-    from proxy.inbound.adapter import prepare_messages, to_anthropic_reply
     ctx = new_context(request, "messages")
     return await run(request, ctx, prepare_messages, to_anthropic_reply)
 
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:
-    from proxy.inbound.adapter import prepare_count_tokens, to_anthropic_reply   # as in messages()
     ctx = new_context(request, "count_tokens")
     return await run(request, ctx, prepare_count_tokens, to_anthropic_reply)
 

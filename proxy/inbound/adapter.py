@@ -17,16 +17,12 @@ from proxy.inbound.messages import to_openai_request
 from proxy.inbound.messages_response import MessagesStreamTranslator, encode_event, to_anthropic_message
 from proxy.native import NATIVE_BODY, NATIVE_REPLY
 from proxy.sse import split_events
-
-
-async def _read(request, ctx: RequestContext) -> dict:
-    # function-level: proxy.handlers imports proxy.dispatch, which imports this package's siblings
-    from proxy.handlers import read_json
-    return await read_json(request, ctx)
+from proxy.validate import check_messages_body, read_json
 
 
 async def prepare_messages(request, ctx: RequestContext) -> None:
-    body = await _read(request, ctx)
+    body = await read_json(request, ctx)
+    check_messages_body(body)
     ctx.extra["stop_sequences"] = body.get("stop_sequences")
     ctx.extra["anthropic_model"] = body.get("model")
     ctx.body = to_openai_request(body)
@@ -38,7 +34,8 @@ async def prepare_messages(request, ctx: RequestContext) -> None:
 
 async def prepare_count_tokens(request, ctx: RequestContext) -> None:
     """count_tokens takes a Messages request without max_tokens (nor stream)."""
-    body = await _read(request, ctx)
+    body = await read_json(request, ctx)
+    check_messages_body(body)
     if "stream" in body or "max_tokens" in body:
         field = "stream" if "stream" in body else "max_tokens"
         raise InvalidRequest(f"{field}: Extra inputs are not permitted", param=field)

@@ -24,6 +24,8 @@ from proxy.errors import InvalidRequest, ProviderError
 from proxy.providers.base import Provider
 from proxy.sse import DONE, data_event
 
+MAX_DIMENSIONS = 4096      # embeddings' largest `dimensions` (OpenAI's largest model has 3072)
+SAMPLE_NODES = 1000        # values a schema sample is built from at most (a self-referencing schema is cut)
 _TOOL_ASK = re.compile(r"\b(call|use|invoke|run)\b.*\b(tool|function)\b|\bweather\b", re.I | re.S)
 
 
@@ -59,7 +61,10 @@ class MockProvider(Provider):
             inputs = [inputs]
         if not isinstance(inputs, list) or not inputs:
             raise InvalidRequest("'input' must be a string or a non-empty list", param="input")
-        dims = int(body.get("dimensions") or 8)
+        dims = body.get("dimensions") or 8
+        if not isinstance(dims, int) or not 1 <= dims <= MAX_DIMENSIONS:
+            raise InvalidRequest(f"The mock provider makes vectors of 1 to {MAX_DIMENSIONS} dimensions.",
+                                 param="dimensions", code="invalid_value")
         data = []
         for i, text in enumerate(inputs):
             digest = hashlib.sha256(str(text).encode()).digest()
@@ -104,40 +109,55 @@ class MockProvider(Provider):
 
 
 def answer(body: dict) -> tuple[dict, str]:
-    """The mock's deterministic assistant message and finish reason for a request."""
-    messages = body.get("messages") or []
+    """The mock's deterministic assistant message and finish reason for a request. Any JSON
+    gets an answer: what the mock cannot use (a tool without a named function, a schema that
+    is not an object) is ignored, never a 500."""
+    messages = [m for m in body.get("messages") or () if isinstance(m, dict)]
     text = last_user_text(messages)
     message: dict = {"role": "assistant", "content": text, "refusal": None}
     effort = body.get("reasoning_effort")
     if effort and effort != "none":
         message["reasoning_content"] = f"The user said {len(text)} characters; I will echo them."
-    tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
-    choice = body.get("tool_choice")
-    last = next((m for m in reversed(messages) if isinstance(m, dict) and m.get("role") not in ("system", "developer")),
-                {})      # system text after the turn (Claude Code sends some) does not hide a tool result
-    if tools and choice != "none" and last.get("role") != "tool":
-        named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
-        mentioned = next((t["function"] for t in tools if t["function"].get("name", "") in text), None)
-        if named or choice == "required" or _TOOL_ASK.search(text) or mentioned:
-            fn = next((t["function"] for t in tools if t["function"].get("name") == named),
-                      mentioned or tools[0]["function"])
-            args = sample(fn.get("parameters") or {"type": "object"}, text)
-            call_id = "call_" + hashlib.sha1((fn.get("name", "") + text).encode()).hexdigest()[:24]
-            message["content"] = None
-            message["tool_calls"] = [{"id": call_id, "type": "function",
-                                      "function": {"name": fn.get("name"), "arguments": orjson.dumps(args).decode()}}]
-            return message, "tool_calls"
-    fmt = body.get("response_format") or {}
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
+    call = tool_call(body, messages, text)
+    if call is not None:
+        message["content"] = None
+        message["tool_calls"] = [call]
+        return message, "tool_calls"
+    fmt = _obj(body.get("response_format"))
+    if fmt.get("type") == "json_schema":
+        schema = _obj(fmt.get("json_schema")).get("schema") or {"type": "object"}
         message["content"] = orjson.dumps(sample(schema, text)).decode()
-    elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
+    elif fmt.get("type") == "json_object":
         message["content"] = orjson.dumps({"echo": text}).decode()
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     if isinstance(max_tokens, int) and max_tokens > 0 and _tokens(message["content"] or "") > max_tokens:
         message["content"] = (message["content"] or "")[: max_tokens * 4]
         return message, "length"
     return message, "stop"
+
+
+def tool_call(body: dict, messages: list[dict], text: str) -> dict | None:
+    """A call of one of the offered functions when tool_choice forces it or the text asks."""
+    tools = [t["function"] for t in body.get("tools") or () if isinstance(t, dict) and t.get("type") == "function"
+             and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)]
+    choice = body.get("tool_choice")
+    last = next((m for m in reversed(messages) if m.get("role") not in ("system", "developer")),
+                {})      # system text after the turn (Claude Code sends some) does not hide a tool result
+    if not tools or choice == "none" or last.get("role") == "tool":
+        return None
+    named = _obj(_obj(choice).get("function")).get("name")
+    mentioned = next((fn for fn in tools if fn["name"] in text), None)
+    if not (named or choice == "required" or _TOOL_ASK.search(text) or mentioned):
+        return None
+    fn = next((fn for fn in tools if fn["name"] == named), mentioned or tools[0])
+    args = sample(fn.get("parameters") or {"type": "object"}, text)
+    call_id = "call_" + hashlib.sha1((fn["name"] + text).encode()).hexdigest()[:24]
+    return {"id": call_id, "type": "function",
+            "function": {"name": fn["name"], "arguments": orjson.dumps(args).decode()}}
+
+
+def _obj(value) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def last_user_text(messages: list) -> str:
@@ -147,14 +167,18 @@ def last_user_text(messages: list) -> str:
             if isinstance(content, str):
                 return content
             if isinstance(content, list):
-                return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+                return " ".join(p["text"] for p in content if isinstance(p, dict) and p.get("type") == "text"
+                                and isinstance(p.get("text"), str))
     return ""
 
 
-def sample(schema: dict, text: str, root: dict | None = None, depth: int = 0):
+def sample(schema, text: str, root: dict | None = None, depth: int = 0, budget: list[int] | None = None):
     """A value that satisfies a (simple) JSON Schema, built from the echoed text. `$ref`s into
-    `$defs`/`definitions` (pydantic's nested models) are followed."""
-    if not isinstance(schema, dict) or depth > 16:
+    `$defs`/`definitions` (pydantic's nested models) are followed. Whatever the schema, the
+    value has at most SAMPLE_NODES parts and 16 levels (null past them)."""
+    budget = [SAMPLE_NODES] if budget is None else budget
+    budget[0] -= 1
+    if not isinstance(schema, dict) or depth > 16 or budget[0] < 0:
         return None
     root = schema if root is None else root
     ref = schema.get("$ref")
@@ -162,23 +186,25 @@ def sample(schema: dict, text: str, root: dict | None = None, depth: int = 0):
         target = root
         for part in ref.lstrip("#/").split("/") if ref != "#" else ():
             target = target.get(part) if isinstance(target, dict) else None
-        return sample(target, text, root, depth + 1)
-    if "enum" in schema and schema["enum"]:
-        return schema["enum"][0]
+        return sample(target, text, root, depth + 1, budget)
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[0]
     if "const" in schema:
         return schema["const"]
     for key in ("anyOf", "oneOf", "allOf"):
-        if schema.get(key):
-            return sample(schema[key][0], text, root, depth + 1)
+        options = schema.get(key)
+        if isinstance(options, list) and options:
+            return sample(options[0], text, root, depth + 1, budget)
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
-    if kind == "object" or "properties" in schema:
-        props = schema.get("properties") or {}
-        return ({name: sample(sub, text, root, depth + 1) for name, sub in props.items()}
-                if props else {"echo": text})
+    props = schema.get("properties")
+    if kind == "object" or props is not None:
+        return ({name: sample(sub, text, root, depth + 1, budget) for name, sub in props.items()}
+                if isinstance(props, dict) and props else {"echo": text})
     return {"string": text, "integer": len(text), "number": float(len(text)), "boolean": True,
-            "array": [], "null": None}.get(kind, text)
+            "array": [], "null": None}.get(kind, text) if isinstance(kind, str) or kind is None else text
 
 
 def split(text: str, n: int) -> list[str]:

@@ -14,7 +14,7 @@ import orjson
 
 from proxy.context import JSONReply, RequestContext, StreamReply
 from proxy.errors import GatewayError, InvalidRequest, NotFound
-from proxy.handlers import read_json
+from proxy.validate import read_json
 from proxy.responses import reply as rp
 from proxy.responses.request import Translated, to_chat
 from proxy.responses.stream import ResponsesStream, encode

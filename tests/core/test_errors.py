@@ -54,7 +54,7 @@ BAD_FIELDS = [
     ({"model": "gpt-4o-mini"}, "messages"),
     ({"model": "gpt-4o-mini", "messages": "hi"}, "messages"),
     ({"model": "gpt-4o-mini", "messages": []}, "messages"),
-    ({"model": "gpt-4o-mini", "messages": [{"content": "no role"}]}, "messages[0]"),
+    ({"model": "gpt-4o-mini", "messages": [{"content": "no role"}]}, "messages[0].role"),
     ({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, "stream"),
 ]
 

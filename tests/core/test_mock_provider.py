@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from typing import Literal, Optional
 
@@ -226,3 +227,91 @@ async def test_embeddings_are_deterministic_vectors(mock_gw):
     assert len(a.data) == 2 and len(a.data[0].embedding) == 8
     assert a.data[0].embedding == b.data[0].embedding != a.data[1].embedding
     assert a.usage.prompt_tokens > 0
+
+
+ODD = [None, True, 0, -1, 2.5, "", "x", "object", "#", "#/$defs/a", "#/nope", [], [None], ["string", 5],
+       {}, {"a": 5}, {"type": 5}, {"$ref": "#"}]
+SCHEMA_KEYS = ("type", "properties", "items", "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs",
+               "definitions", "required", "additionalProperties")
+
+
+def odd_schema(rng, depth: int = 0):
+    """A JSON value shaped a little like a JSON schema, often wrongly."""
+    if depth > 3 or rng.random() < 0.3:
+        return rng.choice(ODD)
+    out = {}
+    for key in rng.sample(SCHEMA_KEYS, rng.randint(1, 4)):
+        if key in ("properties", "$defs", "definitions"):
+            out[key] = ({name: odd_schema(rng, depth + 1) for name in "abc"[:rng.randint(0, 3)]}
+                        if rng.random() < 0.7 else rng.choice(ODD))
+        elif key in ("anyOf", "oneOf", "allOf", "items"):
+            out[key] = [odd_schema(rng, depth + 1)] if rng.random() < 0.6 else rng.choice(ODD)
+        else:
+            out[key] = rng.choice(ODD)
+    return out
+
+
+def odd_body(rng) -> dict:
+    """A chat body whose known fields are well typed (the edge lets it through) but odd inside."""
+    body = chat_body("mock-echo", rng.choice(["call the tool", "weather", "f", "", "x" * 50]))
+    kind = rng.randrange(4)
+    if kind == 0:
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "o", "schema": odd_schema(rng)}}
+    elif kind == 1:
+        body["tools"] = [{"type": "function", "function": {"name": rng.choice(["f", "", "get"]),
+                                                           "parameters": odd_schema(rng)}},
+                         {"type": rng.choice(["custom", "web_search", "function "]), "custom": {"name": "c"}}]
+        body["tool_choice"] = rng.choice(["auto", "required", "none", {"type": "function", "function": {"name": "zz"}},
+                                          {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}}])
+    elif kind == 2:
+        body["messages"] = [{"role": "user", "content": [{"type": rng.choice(["text", "video", "image_url"]),
+                                                          "text": "hi", "image_url": {"url": "x"}}]},
+                            {"role": rng.choice(["tool", "assistant", "user"]), "content": [], "tool_call_id": "c"}]
+    else:
+        body.update(max_tokens=rng.choice([1, 2**40]), max_completion_tokens=rng.choice([None, 1]),
+                    reasoning_effort=rng.choice(["none", "max", None]), stream=rng.random() < 0.5,
+                    stream_options=rng.choice([None, {"include_usage": True}, {}]))
+    return body
+
+
+async def test_odd_input_is_never_a_500(mock_gw, http):
+    """Fuzz: whatever passes the edge's checks, the mock answers 200 or 400, never a 500."""
+    rng = random.Random(20261203)
+    for _ in range(300):
+        body = odd_body(rng)
+        async with asyncio.timeout(5), http.post(mock_gw.url + "/v1/chat/completions", json=body) as resp:
+            raw = await resp.read()
+        assert resp.status in (200, 400), (body, raw)
+        if resp.status == 200 and body.get("stream"):
+            assert raw.endswith(b"data: [DONE]\n\n") and b'"error"' not in raw, (body, raw)
+        else:
+            orjson.loads(raw)
+
+
+async def test_odd_tool_and_schema_shapes_are_400_not_500(mock_gw, http):
+    for fields, param in (({"tools": [{"type": "function", "function": 5}]}, "tools[0].function"),
+                          ({"response_format": {"type": "json_schema", "json_schema": 5}},
+                           "response_format.json_schema"),
+                          ({"response_format": {"type": "json_schema", "json_schema": {"name": "o", "schema": "x"}}},
+                           "response_format.json_schema.schema")):
+        got = await post_json(http, mock_gw.url + "/v1/chat/completions", chat_body("mock-echo", **fields))
+        assert_envelope(got, 400, "invalid_request_error", param=param)
+
+
+async def test_self_referencing_schema_answers_quickly(mock_gw):
+    """A schema whose properties all point back at the root is sampled a bounded amount."""
+    schema = {"type": "object", "properties": {name: {"$ref": "#"} for name in "abcdefghij"}}
+    async with asyncio.timeout(5):
+        r = await mock_gw.client().chat.completions.create(
+            model="mock-echo", messages=msgs(), response_format={"type": "json_schema",
+                                                                 "json_schema": {"name": "o", "schema": schema}})
+    assert len(r.choices[0].message.content) < 100_000
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
+
+
+async def test_embeddings_dimensions_beyond_the_mock_s_limit_are_400(mock_gw, http):
+    got = await post_json(http, mock_gw.url + "/v1/embeddings", {"model": "mock-echo", "input": "a",
+                                                                 "dimensions": 10**9})
+    assert_envelope(got, 400, "invalid_request_error", param="dimensions")
+    r = await mock_gw.client().embeddings.create(model="mock-echo", input=[[1, 2], [3]], dimensions=4096)
+    assert [len(d.embedding) for d in r.data] == [4096, 4096]
