@@ -11,7 +11,7 @@ from proxy import handlers
 from proxy.completions import completions
 from proxy.errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from proxy.gateway import Gateway
-from proxy.handlers import GATEWAY, new_context, request_id, run
+from proxy.handlers import GATEWAY, REQUEST_ID_KEY, new_context, request_id, run
 from proxy.responses import endpoint as responses_endpoint
 
 log = structlog.get_logger("modelway")
@@ -21,7 +21,7 @@ log = structlog.get_logger("modelway")
 async def edge(request: web.Request, handler):
     """Outermost edge: request id on every response; unknown paths, wrong methods and
     unexpected exceptions rendered in the error envelope (never a traceback)."""
-    rid = request["request_id"] = request_id(request)
+    rid = request[REQUEST_ID_KEY] = request_id(request)
     try:
         resp = await handler(request)
     except web.HTTPException as exc:

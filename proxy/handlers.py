@@ -12,12 +12,14 @@ from multidict import istr
 
 from proxy.context import JSONReply, RequestContext, StreamReply
 from proxy.errors import GatewayError, Unavailable
+from proxy.gateway import Gateway
 from proxy.inbound.adapter import prepare_count_tokens, prepare_messages, to_anthropic_reply
 from proxy.sse import DONE, data_event
 from proxy.validate import check_chat_body, check_embeddings_body, read_json
 
 log = structlog.get_logger("modelway")
-GATEWAY = web.AppKey("gateway", object)
+GATEWAY = web.AppKey("gateway", Gateway)
+REQUEST_ID_KEY = web.RequestKey("request_id", str)   # set by the app's edge for every request
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 REQUEST_ID = istr("x-request-id")   # istr: aiohttp takes it without working out its case-insensitive form
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
@@ -33,7 +35,7 @@ def request_id(request: web.Request) -> str:
 
 def new_context(request: web.Request, endpoint: str) -> RequestContext:
     gw = request.app[GATEWAY]
-    ctx = RequestContext(request=request, gateway=gw, request_id=request["request_id"], endpoint=endpoint,
+    ctx = RequestContext(request=request, gateway=gw, request_id=request[REQUEST_ID_KEY], endpoint=endpoint,
                          state=gw.state)
     return ctx
 
