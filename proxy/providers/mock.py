@@ -2,8 +2,10 @@
 
 It echoes the last user message, streams it in chunks, reports realistic usage, answers with
 a tool call when tools are offered and the message asks for one (the tool it names, else the
-first; or tool_choice forces it),
-and with JSON when `response_format` asks for it. Model names trigger behaviours, as in
+first; or tool_choice forces it; arguments built from the tool's `parameters`, `{}` when it has
+none), with JSON when `response_format` asks for it (in `json_object` mode matching a JSON
+Schema written in the system prompt, as instructor's and LangChain's JSON modes send it), `n`
+choices, and embeddings as floats or base64. Model names trigger behaviours, as in
 TensorZero's dummy provider: a name containing `error` fails with HTTP 500, `stream-error`
 breaks its stream after the first chunks, `slow` waits two seconds before answering.
 Options: `latency_ms` (before the first byte), `chunks` (pieces per streamed answer),
@@ -12,8 +14,11 @@ Options: `latency_ms` (before the first byte), `chunks` (pieces per streamed ans
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
 import re
+import struct
 import time
 from typing import AsyncIterator
 
@@ -25,6 +30,8 @@ from proxy.providers.base import Provider
 from proxy.sse import DONE, data_event
 
 MAX_DIMENSIONS = 4096      # embeddings' largest `dimensions` (OpenAI's largest model has 3072)
+MAX_CHOICES = 128          # `n` (the gateway's validation allows 1..128)
+_DECODER = json.JSONDecoder()
 SAMPLE_NODES = 1000        # values a schema sample is built from at most (a self-referencing schema is cut)
 _TOOL_ASK = re.compile(r"\b(call|use|invoke|run)\b.*\b(tool|function)\b|\bweather\b", re.I | re.S)
 
@@ -44,14 +51,16 @@ class MockProvider(Provider):
             raise ProviderError(f"provider {self.name!r} returned HTTP 500: mock failure requested by "
                                 f"model name {model!r}", upstream_status=500)
         message, finish = answer(body)
-        ctx.usage = usage_of(body, message)
+        ctx.usage = usage_of(body, message, choices(body))
         rid = "chatcmpl-mock-" + hashlib.sha1(orjson.dumps(body.get("messages"))).hexdigest()[:24]
         if body.get("stream"):
-            return StreamReply(self._stream(ctx, rid, model, message, finish, "stream-error" in model))
+            return StreamReply(self._stream(ctx, rid, model, message, finish, "stream-error" in model,
+                                            choices(body)))
         return JSONReply({
             "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
             "system_fingerprint": "mock",
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+            "choices": [{"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+                        for i in range(choices(body))],
             "usage": ctx.usage.to_openai(ctx.finalize_cost()),
         })
 
@@ -65,43 +74,48 @@ class MockProvider(Provider):
         if not isinstance(dims, int) or not 1 <= dims <= MAX_DIMENSIONS:
             raise InvalidRequest(f"The mock provider makes vectors of 1 to {MAX_DIMENSIONS} dimensions.",
                                  param="dimensions", code="invalid_value")
+        as_base64 = body.get("encoding_format") == "base64"
         data = []
         for i, text in enumerate(inputs):
             digest = hashlib.sha256(str(text).encode()).digest()
-            data.append({"object": "embedding", "index": i,
-                         "embedding": [round(digest[j % 32] / 255 - 0.5, 6) for j in range(dims)]})
+            vector = [round(digest[j % 32] / 255 - 0.5, 6) for j in range(dims)]
+            if as_base64:       # float32 little-endian, as OpenAI sends it (the SDK's default)
+                vector = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": vector})
         tokens = sum(_tokens(str(t)) for t in inputs)
         ctx.usage = Usage(prompt_tokens=tokens, known=True)
         return JSONReply({"object": "list", "data": data, "model": body.get("model"),
                           "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
-    async def _stream(self, ctx, rid, model, message, finish, broken) -> AsyncIterator[bytes]:
+    async def _stream(self, ctx, rid, model, message, finish, broken, count: int) -> AsyncIterator[bytes]:
         opts = self.config.options
         gap = (opts.get("chunk_delay_ms") or 0) / 1000
         base = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
                 "system_fingerprint": "mock"}
 
-        def chunk(delta: dict, finish_reason=None) -> bytes:
+        def chunk(delta: dict, finish_reason=None, index: int = 0) -> bytes:
             return data_event(orjson.dumps({**base, "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}))
+                {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}))
 
-        yield chunk({"role": "assistant", "content": ""})
-        if message.get("reasoning_content"):
-            yield chunk({"reasoning_content": message["reasoning_content"]})
         pieces = split(message.get("content") or "", int(opts.get("chunks") or 8))
-        for i, piece in enumerate(pieces):
-            if gap:
-                await asyncio.sleep(gap)
-            if broken and i >= 1:
-                raise ProviderError(f"provider {self.name!r} broke off the stream (mock stream-error)",
-                                    code="upstream_broken")
-            yield chunk({"content": piece})
-        for i, call in enumerate(message.get("tool_calls") or ()):
-            yield chunk({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
-                                         "function": {"name": call["function"]["name"], "arguments": ""}}]})
-            for piece in split(call["function"]["arguments"], 3):
-                yield chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
-        yield chunk({}, finish)
+        for n in range(count):          # n > 1: each choice streamed in turn, as OpenAI may interleave them
+            yield chunk({"role": "assistant", "content": ""}, index=n)
+            if message.get("reasoning_content"):
+                yield chunk({"reasoning_content": message["reasoning_content"]}, index=n)
+            for i, piece in enumerate(pieces):
+                if gap:
+                    await asyncio.sleep(gap)
+                if broken and i >= 1:
+                    raise ProviderError(f"provider {self.name!r} broke off the stream (mock stream-error)",
+                                        code="upstream_broken")
+                yield chunk({"content": piece}, index=n)
+            for i, call in enumerate(message.get("tool_calls") or ()):
+                yield chunk({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                             "function": {"name": call["function"]["name"], "arguments": ""}}]},
+                            index=n)
+                for piece in split(call["function"]["arguments"], 3):
+                    yield chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}, index=n)
+            yield chunk({}, finish, index=n)
         if ctx.include_usage:
             yield data_event(orjson.dumps({**base, "choices": [],
                                            "usage": ctx.usage.to_openai(ctx.finalize_cost())}))
@@ -127,8 +141,9 @@ def answer(body: dict) -> tuple[dict, str]:
     if fmt.get("type") == "json_schema":
         schema = _obj(fmt.get("json_schema")).get("schema") or {"type": "object"}
         message["content"] = orjson.dumps(sample(schema, text)).decode()
-    elif fmt.get("type") == "json_object":
-        message["content"] = orjson.dumps({"echo": text}).decode()
+    elif fmt.get("type") == "json_object":      # instructor / LangChain JSON mode: the schema is in the prompt
+        schema = schema_in(messages)
+        message["content"] = orjson.dumps(sample(schema, text) if schema else {"echo": text}).decode()
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     if isinstance(max_tokens, int) and max_tokens > 0 and _tokens(message["content"] or "") > max_tokens:
         message["content"] = (message["content"] or "")[: max_tokens * 4]
@@ -150,10 +165,34 @@ def tool_call(body: dict, messages: list[dict], text: str) -> dict | None:
     if not (named or choice == "required" or _TOOL_ASK.search(text) or mentioned):
         return None
     fn = next((fn for fn in tools if fn["name"] == named), mentioned or tools[0])
-    args = sample(fn.get("parameters") or {"type": "object"}, text)
+    params = fn.get("parameters")
+    args = sample(params, text) if isinstance(params, dict) and params.get("properties") else {}
     call_id = "call_" + hashlib.sha1((fn["name"] + text).encode()).hexdigest()[:24]
     return {"id": call_id, "type": "function",
             "function": {"name": fn["name"], "arguments": orjson.dumps(args).decode()}}
+
+
+def choices(body: dict) -> int:
+    n = body.get("n")
+    return n if type(n) is int and 1 <= n <= MAX_CHOICES else 1
+
+
+def schema_in(messages: list[dict]) -> dict | None:
+    """The first JSON Schema object written in a system (or developer) message, if any."""
+    for m in messages:
+        content = m.get("content")
+        if m.get("role") not in ("system", "developer") or not isinstance(content, str):
+            continue
+        start = content.find("{")
+        while 0 <= start < len(content):
+            try:
+                found, _ = _DECODER.raw_decode(content, start)
+            except ValueError:
+                found = None
+            if isinstance(found, dict) and ("properties" in found or "$defs" in found):
+                return found
+            start = content.find("{", start + 1)
+    return None
 
 
 def _obj(value) -> dict:
@@ -219,11 +258,11 @@ def _tokens(text: str) -> int:
     return max(1, len(text) // 4) if text else 0
 
 
-def usage_of(body: dict, message: dict) -> Usage:
+def usage_of(body: dict, message: dict, n: int = 1) -> Usage:
     prompt = 3
     for m in body.get("messages") or []:
         prompt += 4 + _tokens(orjson.dumps(m.get("content")).decode() if isinstance(m, dict) else "")
     out = message.get("content") or orjson.dumps(message.get("tool_calls") or "").decode()
     reasoning = _tokens(message.get("reasoning_content") or "")
-    return Usage(prompt_tokens=prompt, completion_tokens=_tokens(out) + reasoning,
-                 reasoning_tokens=reasoning, known=True)
+    return Usage(prompt_tokens=prompt, completion_tokens=(_tokens(out) + reasoning) * n,
+                 reasoning_tokens=reasoning * n, known=True)

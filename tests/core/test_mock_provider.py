@@ -315,3 +315,58 @@ async def test_embeddings_dimensions_beyond_the_mock_s_limit_are_400(mock_gw, ht
     assert_envelope(got, 400, "invalid_request_error", param="dimensions")
     r = await mock_gw.client().embeddings.create(model="mock-echo", input=[[1, 2], [3]], dimensions=4096)
     assert [len(d.embedding) for d in r.data] == [4096, 4096]
+
+
+async def test_a_tool_without_parameters_is_called_with_no_arguments(mock_gw):
+    tool = {"type": "function", "function": {"name": "list_files", "description": "no parameters"}}
+    empty = {"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}}
+    for t in (tool, empty):
+        r = await mock_gw.client().chat.completions.create(model="mock-echo", messages=msgs("use the tool"),
+                                                          tools=[t], tool_choice="required")
+        call = r.choices[0].message.tool_calls[0]
+        assert call.function.name == t["function"]["name"]
+        assert json.loads(call.function.arguments) == {}
+
+
+async def test_n_choices(mock_gw):
+    r = await mock_gw.client().chat.completions.create(model="mock-echo", messages=msgs(), n=3)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    assert all(c.message.content == TEXT for c in r.choices)
+    stream = await mock_gw.client().chat.completions.create(model="mock-echo", messages=msgs(), n=2, stream=True)
+    texts = {0: "", 1: ""}
+    async for chunk in stream:
+        for c in chunk.choices:
+            texts[c.index] += c.delta.content or ""
+    assert texts == {0: TEXT, 1: TEXT}
+
+
+async def test_embeddings_in_base64(mock_gw):
+    import base64
+    import struct
+    client = mock_gw.client()
+    floats = await client.embeddings.create(model="mock-echo", input="hi", dimensions=8, encoding_format="float")
+    raw = await client.embeddings.with_raw_response.create(model="mock-echo", input="hi", dimensions=8,
+                                                           encoding_format="base64")
+    encoded = raw.http_response.json()["data"][0]["embedding"]
+    assert isinstance(encoded, str)
+    decoded = struct.unpack("<8f", base64.b64decode(encoded))
+    assert decoded == pytest.approx(floats.data[0].embedding, abs=1e-6)
+    # the SDK's default (it asks for base64 and decodes it) gives the same vector
+    default = await client.embeddings.create(model="mock-echo", input="hi", dimensions=8)
+    assert default.data[0].embedding == pytest.approx(floats.data[0].embedding, abs=1e-6)
+
+
+async def test_json_mode_follows_a_schema_given_in_the_system_prompt(mock_gw):
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"]}
+    system = ("As a genius expert, your task is to understand the content and provide the parsed objects in "
+              f"json that match the following json_schema:\n\n{json.dumps(schema, indent=2)}\n\nMake sure to "
+              "return an instance of the JSON, not the schema itself")
+    r = await mock_gw.client().chat.completions.create(
+        model="mock-echo", response_format={"type": "json_object"},
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": "Jason is 25"}])
+    data = json.loads(r.choices[0].message.content)
+    assert set(data) == {"name", "age"} and isinstance(data["age"], int) and isinstance(data["name"], str)
+    plain = await mock_gw.client().chat.completions.create(
+        model="mock-echo", response_format={"type": "json_object"}, messages=msgs())
+    assert isinstance(json.loads(plain.choices[0].message.content), dict)
