@@ -24,8 +24,8 @@ def text(value: str, limit: int = LABEL_MAX) -> str:
 
 
 def number(value: float, metric: str) -> str:
-    if metric == "cost":
-        return f"${value:,.2f}" if value >= 100 else f"${value:.6g}" if value else "$0"
+    if metric == "cost":       # as the page prints USD: 6 decimals, trailing zeros dropped
+        return f"${value:,.2f}" if value >= 100 else "$" + (f"{value:.6f}".rstrip("0").rstrip(".") or "0")
     return f"{value:,.0f}"
 
 
@@ -71,7 +71,7 @@ def columns(points: list[tuple[str, float]], metric: str, title: str, width: int
         x = left + i * slot
         body.append(f'<rect x="{x + slot * 0.15:.1f}" y="{top + plot_h - h:.1f}" width="{slot * 0.7:.1f}" '
                     f'height="{h:.1f}" fill="{BAR_COLOR}"><title>{text(day)}: {number(value, metric)}</title></rect>')
-        if i == 0 or i == n - 1 or (n > 10 and i % 7 == 0):
+        if i == 0 or i == n - 1 or (n > 10 and i % 7 == 0 and n - 1 - i >= 4):
             body.append(f'<text x="{x + slot / 2:.1f}" y="{height - 10}" text-anchor="middle" {FONT} '
                         f'fill="{AXIS_COLOR}">{text(day[5:])}</text>')
     body.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{width - left}" y2="{top + plot_h}" '

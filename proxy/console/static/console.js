@@ -23,7 +23,7 @@ function el(tag, attrs, ...children) {
 
 const usd = (v) => (v == null ? "–" : v >= 100 ? "$" + v.toFixed(2) : "$" + String(+Number(v).toFixed(6)));
 const int = (v) => (v == null ? "–" : Number(v).toLocaleString("en-US"));
-const ms = (v) => (v == null ? "–" : v >= 1000 ? (v / 1000).toFixed(2) + " s" : Math.round(v) + " ms");
+const ms = (v) => (v == null ? "–" : v >= 1000 ? (v / 1000).toFixed(2) + " s" : v < 10 ? v.toFixed(1) + " ms" : Math.round(v) + " ms");
 const pct = (v) => (v == null ? "–" : (v * 100).toFixed(1) + "%");
 const when = (t) => (t ? new Date(t * 1000).toISOString().replace("T", " ").slice(0, 19) : "–");
 
