@@ -327,7 +327,7 @@ class LedgerWriter:
         `model` one model's, `status` "ok", "error" (as analytics counts them) or one status."""
         return await self._read(query_activity, key_id, limit, offset, since, until, model, status)
 
-    async def latency(self, key_id: str | None, since: float, limit: int = 100_000) -> dict:
+    async def latency(self, key_id: str | None, since: float, limit: int = 20_000) -> dict:
         """{p50_ms, p99_ms, samples} over the newest `limit` rows since `since` (None: no rows)."""
         return await self._read(query_latency, key_id, since, limit)
 

@@ -9,6 +9,8 @@ import xml.dom.minidom
 import pytest
 
 from proxy.console.pages import CSP
+from proxy.store.ledger import row_values
+from proxy.store.usage import DAY, utc_day_start
 from tests.console.helpers import HOSTILE
 from tests.middlewares.helpers import APP, OPS, OTHER, assert_envelope, call
 
@@ -139,3 +141,31 @@ async def test_routes_show_targets_pricing_and_the_live_cooldown(gw, http, traff
     assert broken["upstream_model"] == "always-error" and broken["cooling"] and not echo["cooling"]
     [cool] = routes["cooldowns"]
     assert (cool["provider"], cool["upstream_model"]) == ("mock", "always-error") and 0 < cool["seconds_left"] <= 60
+
+
+async def test_latency_percentiles_are_nearest_rank_over_the_last_day(gw, http, traffic):
+    await traffic.chat("other", OTHER, "mock-lazy", "slow one")        # the mock answers after 400 ms
+    await gw.gateway.ledger.flush()
+    _, _, body = await call(http, "GET", gw.url + "/v1/console/overview", OPS)
+    lat = body["latency"]
+    assert lat["samples"] == 8
+    assert lat["p99_ms"] >= 400 > lat["p50_ms"]         # p99 of 8: the slowest; p50: the 4th
+    _, _, own = await call(http, "GET", gw.url + "/v1/console/overview", APP)
+    assert own["latency"]["samples"] == 4 and own["latency"]["p99_ms"] < 400
+
+
+async def test_windows_are_whole_utc_days_today_7d_30d(gw, http, traffic):
+    today = utc_day_start()
+    ledger = gw.gateway.ledger
+    for days_ago, cost in ((6, 0.5), (7, 0.25), (29, 0.125), (30, 2.0)):     # 7d holds 6 days ago, 30d 29
+        ledger.record(row_values({"created_at": today - days_ago * DAY + 60, "key_id": "static:app", "key_label": "app",
+                                  "model": "mock-echo", "status": 200, "cost": cost, "latency_ms": 5.0}))
+    await ledger.flush()
+    _, _, body = await call(http, "GET", gw.url + "/v1/console/overview", OPS)
+    w = body["windows"]
+    assert [w[n]["requests"] for n in ("today", "7d", "30d")] == [7, 8, 10]
+    assert w["7d"]["cost"] == pytest.approx(traffic.total_cost + 0.5)
+    assert w["30d"]["cost"] == pytest.approx(traffic.total_cost + 0.875)
+    _, _, chart = await call(http, "GET", gw.url + "/v1/console/charts?by=day&metric=requests&since=7d", OPS)
+    assert [r["requests"] for r in chart["data"]] == [1, 1, 7]     # since 7d: from the start of that day
+    assert chart["svg"].count("<rect x=") == 8                     # one column per day, empty ones too
