@@ -120,11 +120,12 @@ async def test_management_key_sees_every_number_and_manages_keys(browser, gw, ht
     hostile = page.locator(f"{by_key} tr td:first-child", has_text=HOSTILE)
     assert await hostile.count() == 1                      # the label is text ...
     assert await page.locator("img[src=x]").count() == 0   # ... not an element
-    assert await tab.text("figure[data-by=model] table tr[data-label=mock-echo] td[data-value]") == usd(traffic.total_cost)
+    by_model = "figure[data-by=model] table"
+    assert await tab.text(f"{by_model} tr[data-label=mock-echo] td[data-value]") == usd(traffic.total_cost)
     await tab.shot("usage")
     await page.select_option("#usage-metric", "requests")
     await page.wait_for_selector(f"{by_key} tr[data-label=app] td[data-value='4']")
-    assert await tab.text("figure[data-by=model] table tr[data-label=broken] td[data-value]") == "1"
+    assert await tab.text(f"{by_model} tr[data-label=broken] td[data-value]") == "1"
 
     # keys: create (the secret shown once), use, edit limits, disable, revoke
     await page.click("nav [data-tab=keys]")
