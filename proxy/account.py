@@ -66,6 +66,17 @@ def _int(query, name: str, default: int, low: int, high: int) -> int:
     return value
 
 
+def _status(value: str | None) -> str | int | None:
+    """An activity `status` filter: ok, error, or one HTTP status."""
+    if not value:
+        return None
+    if value in ("ok", "error"):
+        return value
+    if value.isdigit() and 100 <= int(value) <= 599:
+        return int(value)
+    raise InvalidRequest("'status' must be ok, error or an HTTP status such as 429.", param="status")
+
+
 def _scope(ctx: RequestContext) -> str | None:
     """Whose ledger rows: a normal key sees its own; a management key all, or ?key_id=."""
     key = ctx.key
@@ -101,7 +112,8 @@ async def account_endpoint(ctx: RequestContext) -> JSONReply:
         return JSONReply({"data": data})
     if path.endswith("/activity"):
         limit, offset = _int(query, "limit", 50, 1, 1000), _int(query, "offset", 0, 0, 10**9)
-        rows = await gw.ledger.activity(key_id, limit + 1, offset, since, until)
+        rows = await gw.ledger.activity(key_id, limit + 1, offset, since, until, query.get("model") or None,
+                                        _status(query.get("status")))
         return JSONReply({"object": "list", "data": rows[:limit], "limit": limit, "offset": offset,
                           "has_more": len(rows) > limit})
     group_by = query.get("group_by", "day")

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from proxy import handlers
 from proxy.completions import completions
+from proxy.console import pages as console_pages
 from proxy.errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from proxy.gateway import Gateway
 from proxy.handlers import GATEWAY, REQUEST_ID_KEY, new_context, request_id, run
@@ -66,6 +67,10 @@ async def account(request: web.Request) -> web.StreamResponse:
 
 async def responses(request: web.Request) -> web.StreamResponse:
     return await run(request, new_context(request, "responses"), responses_endpoint.prepare)
+
+
+async def console(request: web.Request) -> web.StreamResponse:
+    return await run(request, new_context(request, "console"), None)
 
 
 async def stored_responses(request: web.Request) -> web.StreamResponse:
@@ -127,6 +132,8 @@ def create_app(gateway: Gateway) -> web.Application:
     r.add_route("POST", "/v1/account/keys", account)
     for method in ("GET", "PATCH", "DELETE"):
         r.add_route(method, "/v1/account/keys/{key_id}", account)
+    r.add_get("/v1/console/{view}", console)
+    console_pages.add_routes(r)
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics)

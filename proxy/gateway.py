@@ -67,6 +67,7 @@ class Gateway:
     async def _build(self, config: Config, old: State | None) -> State:
         from proxy.dispatch import dispatch
         from proxy.account import account_endpoint
+        from proxy.console.api import console_endpoint
         from proxy.models import list_models_endpoint
         from proxy.responses import endpoint as responses
         providers: dict[str, Provider] = {}
@@ -94,7 +95,7 @@ class Gateway:
                      "messages": chain.wrap(dispatch), "count_tokens": chain.wrap(dispatch),
                      "completions": chain.wrap(dispatch), "models": chain.wrap(list_models_endpoint),
                      "account": chain.wrap(account_endpoint), "responses": responses.wrap(chain.wrap(dispatch)),
-                     "stored_responses": chain.wrap(responses.stored)}
+                     "stored_responses": chain.wrap(responses.stored), "console": chain.wrap(console_endpoint)}
         health = old.health if old else LocalHealth()
         return State(config, RouteTable.build(config.models), providers, disabled, chain, endpoints, health)
 

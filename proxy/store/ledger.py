@@ -38,7 +38,7 @@ from proxy.store.db import (LEDGER_COLUMNS, NONE_NUMBER, NONE_TEXT, bump_version
                             insert_rows, stop_task, transaction)
 from proxy.store.retention import Pruner
 from proxy.store.usage import (GROUPS, format_usage_table, query_activity, query_analytics, query_balance,
-                               query_spend, usage_report, utc_day_start)
+                               query_latency, query_spend, usage_report, utc_day_start)
 
 log = structlog.get_logger(__name__)
 
@@ -321,9 +321,15 @@ class LedgerWriter:
                               "gateway's /readyz and logs say why).", code="ledger_unavailable") from exc
 
     async def activity(self, key_id: str | None = None, limit: int = 50, offset: int = 0,
-                       since: float | None = None, until: float | None = None) -> list[dict]:
-        """Ledger rows, newest first (all columns plus `id`; stream/cache_hit/partial as bool)."""
-        return await self._read(query_activity, key_id, limit, offset, since, until)
+                       since: float | None = None, until: float | None = None, model: str | None = None,
+                       status: str | int | None = None) -> list[dict]:
+        """Ledger rows, newest first (all columns plus `id`; stream/cache_hit/partial as bool);
+        `model` one model's, `status` "ok", "error" (as analytics counts them) or one status."""
+        return await self._read(query_activity, key_id, limit, offset, since, until, model, status)
+
+    async def latency(self, key_id: str | None, since: float, limit: int = 20_000) -> dict:
+        """{p50_ms, p99_ms, samples} over the newest `limit` rows since `since` (None: no rows)."""
+        return await self._read(query_latency, key_id, since, limit)
 
     async def analytics(self, key_id: str | None = None, group_by: str = "day",
                         since: float | None = None, until: float | None = None) -> list[dict]:

@@ -8,6 +8,7 @@ retained ones. Functions take the connection first and run in the database threa
 """
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from pathlib import Path
@@ -65,12 +66,40 @@ def _bools(rows: list[dict]) -> list[dict]:
     return rows
 
 
+# an activity `status` filter: "ok", "error" (as analytics counts errors) or one HTTP status
+_STATUS_SQL = {"ok": "status < 400 AND error_type IS NULL", "error": "(status >= 400 OR error_type IS NOT NULL)"}
+
+
 def query_activity(conn: sqlite3.Connection, key_id: str | None, limit: int, offset: int,
-                   since: float | None, until: float | None = None) -> list[dict]:
+                   since: float | None, until: float | None = None, model: str | None = None,
+                   status: str | int | None = None) -> list[dict]:
     where, params = _where(key_id, since, until)
+    clauses = [where[len(" WHERE "):]] if where else []
+    if model is not None:
+        clauses.append("model = ?")
+        params.append(model)
+    if isinstance(status, int):
+        clauses.append("status = ?")
+        params.append(status)
+    elif status is not None:
+        clauses.append(_STATUS_SQL[status])
+    where = " WHERE " + " AND ".join(clauses) if clauses else ""
     sql = (f"SELECT id, {', '.join(LEDGER_COLUMNS)} FROM ledger{where} "
            "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?")
     return _bools(fetch_dicts(conn, sql, [*params, limit, offset]))
+
+
+def query_latency(conn: sqlite3.Connection, key_id: str | None, since: float, limit: int) -> dict:
+    """p50 and p99 of latency_ms (nearest rank) over the newest `limit` rows since `since`."""
+    where, params = _where(key_id, since, None)
+    sql = (f"SELECT latency_ms FROM ledger{where} AND latency_ms IS NOT NULL "
+           "ORDER BY created_at DESC LIMIT ?")
+    values = sorted(v for (v,) in conn.execute(sql, [*params, limit]))
+    n = len(values)
+    if not n:
+        return {"p50_ms": None, "p99_ms": None, "samples": 0}
+    return {"p50_ms": values[max(math.ceil(n * 0.50), 1) - 1], "p99_ms": values[max(math.ceil(n * 0.99), 1) - 1],
+            "samples": n}
 
 
 # group -> (its columns over ledger rows, over rollups, the outer select, the order)
