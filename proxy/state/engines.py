@@ -23,6 +23,7 @@ from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from proxy.state import schema
 from proxy.state.urls import masked
@@ -45,6 +46,7 @@ class Engine:
 
     name = "engine"
     failures: tuple[type[BaseException], ...] = (OSError,)
+    timeouts: tuple[type[BaseException], ...] = (TimeoutError,)   # counted; TIMEOUTS_TO_TRIP in a row trip
 
     def __init__(self, url: str, timeout_ms: float):
         self.url = url
@@ -81,9 +83,8 @@ class Engine:
                 await self.probe()
         except asyncio.CancelledError:
             raise
-        except TimeoutError as exc:
-            self._timeouts += 1
-            self.failed(exc, trip=self._timeouts >= TIMEOUTS_TO_TRIP)
+        except self.timeouts as exc:
+            self.timed_out(exc)
             return
         except Exception as exc:    # any other failure of the probe: the engine is not usable
             self.failed(exc, trip=True)
@@ -110,9 +111,8 @@ class Engine:
         try:
             async with asyncio.timeout(self.timeout):
                 result = await self.run(fn, *args)
-        except TimeoutError as exc:
-            self._timeouts += 1
-            self.failed(exc, trip=self._timeouts >= TIMEOUTS_TO_TRIP)
+        except self.timeouts as exc:
+            self.timed_out(exc)
             raise EngineDown(f"{self.name} call timed out after {self.timeout * 1000:.0f} ms") from exc
         except self.failures as exc:
             self.failed(exc, trip=True)
@@ -133,6 +133,11 @@ class Engine:
         """A failed call or probe; `trip`: it makes the engine unusable. Logged once per outage."""
         if trip and (self.up or not self._reported):
             self._mark_down(exc)
+
+    def timed_out(self, exc: BaseException) -> None:
+        """A slow answer: the engine is down only after TIMEOUTS_TO_TRIP of them in a row."""
+        self._timeouts += 1
+        self.failed(exc, trip=self._timeouts >= TIMEOUTS_TO_TRIP)
 
     def _mark_down(self, exc: BaseException) -> None:
         was_up = self.up
@@ -157,14 +162,16 @@ class Engine:
 class RedisEngine(Engine):
     name = "redis"
     failures = (RedisError, OSError)
+    timeouts = (TimeoutError, RedisTimeoutError)
 
     def __init__(self, url: str, timeout_ms: float):
         super().__init__(url, timeout_ms)
-        options = {"socket_connect_timeout": self.timeout, "retry": Retry(NoBackoff(), 0),
-                   "health_check_interval": 0}
-        self.client = aioredis.Redis.from_url(url, socket_timeout=self.timeout, **options)
+        options = {"retry": Retry(NoBackoff(), 0), "health_check_interval": 0}
+        self.client = aioredis.Redis.from_url(url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
+                                              **options)
         # pub/sub reads block until a message comes: a client of its own, no read timeout
-        self.listener = aioredis.Redis.from_url(url, socket_timeout=None, **options)
+        self.listener = aioredis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=CONNECT_SECONDS,
+                                                **options)
 
     async def probe(self) -> None:
         await self.client.ping()

@@ -87,6 +87,9 @@ class ChangeEvents:
                 self.subscribed.set()
                 async for message in pubsub.listen():
                     self._deliver(message)
+            except self.engine.timeouts as exc:
+                self.engine.timed_out(exc)
+                await asyncio.sleep(0.1)
             except (RedisError, OSError, EngineDown) as exc:
                 self.engine.failed(exc, trip=not isinstance(exc, EngineDown))
                 await asyncio.sleep(0.1)    # the engine's probe decides when it is back

@@ -26,6 +26,11 @@ models:
     cooldown_after: 1
     cooldown_seconds: 300
     targets: [{{provider: mock, model: {broken}}}, {{provider: mock, model: echo}}]
+  flaky2:
+    retries: 0
+    cooldown_after: 1
+    cooldown_seconds: 300
+    targets: [{{provider: mock, model: {broken}-2}}, {{provider: mock, model: echo}}]
 keys:
   - {{label: a, sha256: "{a}"}}
   - {{label: b, sha256: "{b}"}}
