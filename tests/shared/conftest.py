@@ -3,7 +3,6 @@ directory, routes.yaml and data_dir, sharing one Redis and one PostgreSQL (tests
 from __future__ import annotations
 
 import hashlib
-import os
 import pathlib
 
 import pytest
@@ -86,7 +85,3 @@ async def cluster(tmp_path, redis_server, postgres_server):  # noqa: F811
     group = Cluster(tmp_path, redis_server.url, postgres_server.url)
     yield group
     group.stop()
-
-
-def node_name(server: Server) -> str:
-    return os.path.basename(server.log_path.parent)
