@@ -5,9 +5,10 @@ Reads are on every request's path, so they stay synchronous and local: a `LocalH
 node's copy. A cooldown that starts or ends here is written to the Redis hash
 `modelway:cooldowns` ({"[provider, model]": unix deadline}) and announced on the change-event
 channel, in one round trip, in the background; every other node applies the event to its copy
-as it arrives (pub/sub, not a poll: a millisecond on a LAN, no traffic while nothing changes). A
-node that (re)subscribes reads the whole hash and announces its own cooldowns the others have
-not heard of (those it started while Redis was down).
+as it arrives (pub/sub, not a poll: a millisecond on a LAN, no traffic while nothing changes);
+every 10 s each node also reads the whole hash, so an event it missed reaches it anyway. A
+node that (re)subscribes reads the hash and announces its own cooldowns the others have not
+heard of (those it started while Redis was down).
 
 Consecutive failures (`cooldown_after`) are counted by each node on the requests it saw; once
 a node cools a target down, every node skips it until the deadline, and the first node that
@@ -80,7 +81,7 @@ class RedisHealth(Health):
         log.info("cooldown_shared", provider=target[0], model=target[1], seconds=round(max(left, 0.0), 1),
                  source=payload.get("node"))
 
-    async def _resync(self) -> None:
+    async def _resync(self, reconnected: bool) -> None:
         try:
             entries = await self.engine.call(_hgetall)
         except EngineDown:
@@ -93,8 +94,8 @@ class RedisHealth(Health):
                 remote.add(target)
             else:
                 expired.append(field)
-        for target in self.local.snapshot():
-            if target not in remote:
+        for target in self.local.snapshot() if reconnected else ():
+            if target not in remote:           # started here while Redis was down
                 self._announce(target)
         if expired:
             try:

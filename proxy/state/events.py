@@ -3,9 +3,11 @@ state (`modelway:events:<kind>`), so a store can keep a node-local copy fresh (c
 key changes and the like later).
 
 Pub/sub is fire-and-forget: a node that was cut off from Redis misses what was published
-meanwhile. So a subscriber gives a `resync` coroutine too, run after every (re)subscription:
-it reads the authoritative state (e.g. a Redis hash) and merges it into the local copy. With
-the subscription open first and the resync after, nothing published in between is lost.
+meanwhile, and a publish that timed out is not sent again. So a subscriber gives a
+`resync(reconnected)` coroutine too, run after every (re)subscription (`reconnected=True`: with
+the subscription open first and the resync after, nothing published in between is lost) and
+every RESYNC_SECONDS while subscribed (`False`): it reads the authoritative state (e.g. a Redis
+hash) and merges it into the local copy.
 """
 from __future__ import annotations
 
@@ -25,12 +27,13 @@ from proxy.state.engines import EngineDown, RedisEngine
 log = structlog.get_logger("modelway")
 
 PREFIX = "modelway:events:"
+RESYNC_SECONDS = 10.0     # a missed event reaches the local copy within this
 
 
 @dataclass(slots=True)
 class _Subscriber:
     on_event: Callable[[dict], None]
-    resync: Callable[[], Awaitable[None]] | None
+    resync: Callable[[bool], Awaitable[None]] | None
 
 
 class ChangeEvents:
@@ -39,11 +42,12 @@ class ChangeEvents:
         self.node = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"   # this process: its own events are skipped
         self._subscribers: dict[str, _Subscriber] = {}
         self._listener: asyncio.Task | None = None
+        self._refresher: asyncio.Task | None = None
         self._sending: set[asyncio.Task] = set()
         self.subscribed = asyncio.Event()                      # set while the subscription is open
 
     def subscribe(self, kind: str, on_event: Callable[[dict], None],
-                  resync: Callable[[], Awaitable[None]] | None = None) -> None:
+                  resync: Callable[[bool], Awaitable[None]] | None = None) -> None:
         """Before start(): `on_event(payload)` for every event of `kind` another process published."""
         self._subscribers[kind] = _Subscriber(on_event, resync)
 
@@ -65,14 +69,16 @@ class ChangeEvents:
     async def start(self) -> None:
         if self._subscribers:
             self._listener = asyncio.ensure_future(self._listen())
+            self._refresher = asyncio.ensure_future(self._refresh())
 
     async def close(self) -> None:
         if self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        for task in (self._listener, self._refresher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _listen(self) -> None:
         channels = [PREFIX + kind for kind in self._subscribers]
@@ -83,7 +89,7 @@ class ChangeEvents:
                 await pubsub.subscribe(*channels)
                 for sub in self._subscribers.values():
                     if sub.resync is not None:
-                        await sub.resync()
+                        await sub.resync(True)
                 self.subscribed.set()
                 async for message in pubsub.listen():
                     self._deliver(message)
@@ -97,6 +103,15 @@ class ChangeEvents:
                 self.subscribed.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(RESYNC_SECONDS)
+            if self.subscribed.is_set():
+                for sub in self._subscribers.values():
+                    if sub.resync is not None:
+                        with contextlib.suppress(EngineDown):
+                            await sub.resync(False)
 
     def _deliver(self, message: dict) -> None:
         if message.get("type") != "message":

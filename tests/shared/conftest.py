@@ -12,6 +12,7 @@ from tests.cli.procs import Server, clean_env
 from tests.engines import postgres_server, redis_server  # noqa: F401  (session fixtures)
 from tests.ops.conftest import eventually, http, readyz, write_config  # noqa: F401  (fixtures, helpers)
 
+# redis_timeout_ms: 250, not the default 50: the test machine runs several suites at once
 KEY_A, KEY_B = "sk-shared-test-a", "sk-shared-test-b"
 BROKEN = "always-error"            # the mock provider fails every call to a model named like this
 
@@ -33,7 +34,7 @@ models:
 keys:
   - {{label: a, sha256: "{a}"}}
   - {{label: b, sha256: "{b}"}}
-state: {{redis: "{redis}", database: "{database}"{extra}}}
+state: {{redis: "{redis}", database: "{database}", redis_timeout_ms: 250{extra}}}
 """
 
 
