@@ -95,12 +95,22 @@ async def readyz(request: web.Request) -> web.Response:
         body["reason"] = ("not started" if state is None else "draining" if gw.draining
                           else "data_dir is not writable" if not writable
                           else f"ledger cannot write: {ledger['error']}")
+    shared_state(gw, body)
     return web.Response(body=orjson.dumps(body), status=200 if ready else 503, content_type="application/json")
+
+
+def shared_state(gw: Gateway, body: dict) -> None:
+    """/readyz's `state`: a shared engine that is down makes a ready node `degraded`, still 200
+    (it serves on node-local fallbacks; a load balancer must not take every node out at once)."""
+    stores = getattr(gw, "stores", None)
+    body["state"] = stores.status() if stores is not None else None
+    if body["status"] == "ready" and body["state"] and body["state"]["degraded"]:
+        body["status"] = "degraded"
 
 
 async def metrics(request: web.Request) -> web.Response:
     gw: Gateway = request.app[GATEWAY]
-    text = await gw.metrics.arender()
+    text = await gw.metrics.arender() + gw.stores.prometheus()
     return web.Response(body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 

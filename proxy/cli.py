@@ -1,4 +1,4 @@
-"""modelway serve | check | routes | keys | usage"""
+"""modelway serve | check | routes | migrate | keys | usage"""
 from __future__ import annotations
 
 import argparse
@@ -67,7 +67,16 @@ def cmd_check(args) -> int:
         return 1
     print(f"{args.config}: OK ({len(config.models)} models, {len(config.providers)} providers, "
           f"{len(config.presets)} presets, version {config.version})")
+    from proxy.state.stores import describe   # here: the other commands need not load the table
+    for line in describe(config.state):
+        print(line)
     return 0
+
+
+def cmd_migrate(args) -> int:
+    config = _load_or_exit(args.config)
+    from proxy.state.migrate import cmd_migrate as migrate   # loads asyncpg: only for this command
+    return migrate(args, config)
 
 
 def cmd_routes(args) -> int:
@@ -97,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = with_config(sub.add_parser("routes", help="print the resolved routing table"))
     r.add_argument("--format", choices=("table", "json"), default="table")
     r.set_defaults(func=cmd_routes)
+    m = with_config(sub.add_parser("migrate", help="create or upgrade the PostgreSQL schema of state.database"))
+    m.add_argument("--from-sqlite", metavar="PATH",
+                   help="also copy stored responses from this SQLite file (or data_dir)")
+    m.set_defaults(func=cmd_migrate)
     try:
         from proxy.cli_store import add_store_commands
         add_store_commands(sub, with_config)

@@ -168,6 +168,19 @@ class LedgerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StateConfig:
+    """`state:` — the engines several nodes share; absent (both None) is the embedded mode."""
+    redis: str | None = field(default=None, repr=False)      # redis:// or rediss:// URL (may hold a password)
+    database: str | None = field(default=None, repr=False)   # postgresql:// URL (may hold a password)
+    redis_timeout_ms: float = 50.0        # every Redis call (hot path)
+    database_timeout_ms: float = 1000.0   # every PostgreSQL call
+
+    @property
+    def shared(self) -> bool:
+        return bool(self.redis or self.database)
+
+
+@dataclass(frozen=True, slots=True)
 class MiddlewareSpec:
     name: str
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
@@ -189,6 +202,7 @@ class Config:
     warnings: tuple[str, ...] = ()
     responses: ResponsesConfig = ResponsesConfig()
     ledger: LedgerConfig = LedgerConfig()
+    state: StateConfig = StateConfig()
 
 
 # --- reading --------------------------------------------------------------------------

@@ -8,15 +8,17 @@ from types import MappingProxyType
 from proxy.config import (BOOL, BUILTIN_MIDDLEWARES, CAPABILITIES, COUNT, DEFAULT_MIDDLEWARES, INT, LIST,
                           MAP, MONEY, NUM, POSITIVE, RETRY_ON, STR, CacheConfig, Config, LedgerConfig,
                           MiddlewareSpec, ModelRoute, Pricing, Preset, ProviderConfig, ResponsesConfig,
-                          ServerConfig, StaticKey, Target, Timeouts, _Reader)
+                          ServerConfig, StateConfig, StaticKey, Target, Timeouts, _Reader)
 from proxy.errors import GatewayError
 from proxy.routing import RouteTable, resolve
+from proxy.state.urls import database_problems, redis_problems
 from proxy.yamlsrc import interpolate, path_str
 
 TOP = {"server": (MAP, None), "middlewares": (LIST, None), "providers": (MAP, None),
        "models": (MAP, None), "presets": (MAP, None), "keys": (LIST, None),
        "management_keys": (LIST, None), "cache": (MAP, None), "auth": (MAP, None),
-       "responses": (MAP, None), "ledger": (MAP, None)}
+       "responses": (MAP, None), "ledger": (MAP, None),
+       "state": (MAP, None)}
 SERVER = {"host": (STR, "127.0.0.1"), "port": (INT, 8080), "workers": (INT, 1), "data_dir": (STR, "./var"),
           "max_body_mb": (NUM, 32.0), "max_json_depth": (INT, 64), "drain_seconds": (NUM, 30.0),
           "watch_config": (BOOL, False), "body_timeout": (NUM, 30.0),
@@ -44,6 +46,8 @@ CACHE = {"enabled": (BOOL, False), "ttl": (POSITIVE, 3600.0), "size_limit_mb": (
 AUTH = {"mode": (STR, "keys")}
 RESPONSES = {"retention_days": (POSITIVE, 30.0)}
 LEDGER = {"retention_days": (COUNT, 90, True)}
+STATE = {"redis": (STR, None, True), "database": (STR, None, True), "redis_timeout_ms": (POSITIVE, 50.0),
+         "database_timeout_ms": (POSITIVE, 1000.0)}
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
@@ -68,7 +72,18 @@ def build(r: _Reader, data, filename: str, version: str) -> Config:
         cache=CacheConfig(**(r.fields(top["cache"] or {}, ("cache",), CACHE) or {})),
         auth_mode=_auth_mode(r, top["auth"]), warnings=tuple(warnings),
         responses=ResponsesConfig(**(r.fields(top["responses"] or {}, ("responses",), RESPONSES) or {})),
-        ledger=LedgerConfig(**(r.fields(top["ledger"] or {}, ("ledger",), LEDGER) or {})))
+        ledger=LedgerConfig(**(r.fields(top["ledger"] or {}, ("ledger",), LEDGER) or {})),
+        state=_state(r, top["state"]))
+
+
+def _state(r: _Reader, value) -> StateConfig:
+    """The engines to share state through; each URL checked (never echoed: it may hold a password)."""
+    f = r.fields(value or {}, ("state",), STATE) or {}
+    for name, problems in (("redis", redis_problems), ("database", database_problems)):
+        f[name] = (f.get(name) or "").strip() or None      # "" (e.g. "${REDIS_URL:-}") leaves it off
+        for problem in problems(f[name]) if f[name] else ():
+            r.problem(("state", name), problem)
+    return StateConfig(**f) if f else StateConfig()
 
 
 def _auth_mode(r: _Reader, value) -> str:

@@ -146,6 +146,13 @@ class Unavailable(GatewayError):
     code = "no_target_available"
 
 
+class StateUnavailable(GatewayError):
+    """A shared engine (PostgreSQL, Redis) holding what the request needs is down right now."""
+    status = 503
+    type = "api_error"
+    code = "state_unavailable"
+
+
 class MethodNotAllowed(GatewayError):
     status = 405
     type = "invalid_request_error"

@@ -96,8 +96,9 @@ class Gateway:
                      "completions": chain.wrap(dispatch), "models": chain.wrap(list_models_endpoint),
                      "account": chain.wrap(account_endpoint), "responses": responses.wrap(chain.wrap(dispatch)),
                      "stored_responses": chain.wrap(responses.stored), "console": chain.wrap(console_endpoint)}
-        health = old.health if old else LocalHealth()
-        return State(config, RouteTable.build(config.models), providers, disabled, chain, endpoints, health)
+        if old is not None and config.state != old.config.state:
+            log.warning("config_warning", message="state: changes take effect at the next restart")
+        return State(config, RouteTable.build(config.models), providers, disabled, chain, endpoints, self.cooldowns)
 
     async def reload(self) -> bool:
         """Re-read the config file; swap on success, keep the old table on any problem. The
@@ -140,17 +141,17 @@ class Gateway:
         from proxy.store.keys import KeyStore
         from proxy.store.ledger import LedgerWriter
         from proxy.store.metrics import Metrics
-        from proxy.store.responses import SQLiteResponses
+        from proxy.state.stores import open_stores
         self.db = Database(self.data_dir)
         self.metrics = Metrics(self.data_dir)
         self.ledger = LedgerWriter(self.db, metrics=self.metrics, retention_days=self.config.ledger.retention_days)
         self.keys = KeyStore(self.db)
-        self.responses = SQLiteResponses(self.db)
         self.counters = SharedCounters.in_dir(self.data_dir)
         self.response_cache = ResponseCache(os.path.join(self.data_dir, "cache"), self.config.cache.size_limit_mb)
         await self.ledger.start()
         await self.keys.start()
-        await self.responses.start()
+        self.stores = await open_stores(self.config, self.data_dir, self.db)   # embedded or shared, per kind
+        self.responses, self.cooldowns = self.stores.responses, self.stores.cooldowns
         await self.metrics.start()
         self._spend_flusher = asyncio.ensure_future(self._flush_spend())
 
@@ -181,6 +182,7 @@ class Gateway:
         await self.ledger.close()          # flushes every queued ledger row
         await self.metrics.close()
         await self.response_cache.close()
+        await self.stores.close()
         await stop_task(self._spend_flusher)
         self.counters.close()             # flushes this process's pending spend
         await self.db.aclose()

@@ -8,9 +8,9 @@ one failure or success per request and target, after its retries. Whether a cool
 still tried (a route's last one) is the dispatcher's decision, not this store's.
 
 `Health` is the interface; `LocalHealth` keeps the state in this process (kept across reloads
-on the gateway's State). Reads are on every request's path, so they are synchronous: a shared
-implementation would keep a local copy fed by change events and publish its writes in the
-background.
+on the gateway's State). Reads are on every request's path, so they are synchronous: the shared
+implementation (proxy/state/cooldowns.py) keeps a LocalHealth as its copy, fed by change
+events, and publishes its writes in the background.
 """
 from __future__ import annotations
 
@@ -19,6 +19,12 @@ from abc import ABC, abstractmethod
 
 
 class Health(ABC):
+    async def start(self) -> None:
+        """Open what the implementation needs (nothing for the embedded one)."""
+
+    async def close(self) -> None:
+        """Release it."""
+
     @abstractmethod
     def remaining(self, target) -> float:
         """Seconds until the target may be used again; 0.0 when it is not cooling down."""
@@ -47,6 +53,10 @@ class LocalHealth(Health):
     """One process's view: consecutive failures, cooldown deadlines (time.monotonic()) and the
     targets ejected for failures that have not answered since (their next failure re-cools them
     at once: a failed probe)."""
+
+    @classmethod
+    def build(cls, ctx) -> "LocalHealth":
+        return cls()
 
     def __init__(self, max_targets: int = MAX_TARGETS) -> None:
         self._failures: dict[tuple, int] = {}
@@ -106,6 +116,10 @@ class LocalHealth(Health):
         self._failures.pop(target, None)
         self._ejected.discard(target)
         return self._until.pop(target, None) is not None
+
+    def hold(self, target, seconds: float) -> None:
+        """Apply a cooldown decided elsewhere (another node): skip the target for `seconds`."""
+        self._cool(target, seconds)
 
     def snapshot(self) -> dict[tuple, float]:
         now = time.monotonic()

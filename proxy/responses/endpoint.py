@@ -13,7 +13,7 @@ from typing import AsyncIterator
 import orjson
 
 from proxy.context import JSONReply, RequestContext, StreamReply
-from proxy.errors import GatewayError, InvalidRequest, NotFound
+from proxy.errors import GatewayError, InvalidRequest, NotFound, StateUnavailable
 from proxy.validate import read_json
 from proxy.responses import reply as rp
 from proxy.responses.request import Translated, to_chat
@@ -101,6 +101,10 @@ async def _events(ctx: RequestContext, pending: Pending, stream: ResponsesStream
         if aclose is not None:
             await aclose()
     await _store(ctx, pending, stream.response)    # before the client hears the response is done
+    if stream.response.get("store") is False:
+        for event in final:
+            if "response" in event:
+                event["response"]["store"] = False
     yield b"".join(map(encode, final))
 
 
@@ -110,7 +114,10 @@ async def _store(ctx: RequestContext, pending: Pending, response: dict) -> None:
     items = [item if item.get("id") else {"id": rp.new_id(ITEM_PREFIXES.get(item.get("type"), "item")), **item}
              for item in pending.translated.items]
     ttl = ctx.state.config.responses.retention_days * DAY
-    await ctx.gateway.responses.put(pending.owner, response, items, ttl)
+    try:
+        await ctx.gateway.responses.put(pending.owner, response, items, ttl)
+    except StateUnavailable:      # the shared store is down: the answer still goes out, said unstored
+        response["store"] = False
 
 
 # -- GET / DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items ---------------------

@@ -2,8 +2,8 @@
 items, owned by the API key that made it, kept for `responses.retention_days`.
 
 `ResponseStore` is the interface the endpoint uses; `SQLiteResponses` keeps them in the
-embedded database (its own table, through the database thread). A shared backend
-(PostgreSQL) is one more implementation of the same five methods.
+embedded database (its own table, through the database thread); `PostgresResponses`
+(proxy/state/pg_responses.py) is the shared one, picked by proxy/state/stores.py.
 """
 from __future__ import annotations
 
@@ -55,6 +55,10 @@ class ResponseStore:
 
 
 class SQLiteResponses(ResponseStore):
+    @classmethod
+    def build(cls, ctx) -> "SQLiteResponses":
+        return cls(ctx.db)
+
     def __init__(self, db: Database):
         self.db = db
         self._purged = 0.0
