@@ -30,7 +30,7 @@ providers:
   bad: {{type: openai, base_url: "{faulty}", timeouts: {{connect: 1, first_byte: 1, idle: 0.5, total: 1.2}}}}
   up: {{type: openai, base_url: "{fake}", timeouts: {{connect: 1, first_byte: 0.5, idle: 0.5, total: 5}}}}
   dead: {{type: openai, base_url: "http://127.0.0.1:{closed}/v1", timeouts: {{connect: 1}}}}
-  long: {{type: openai, base_url: "{faulty}", timeouts: {{connect: 1, first_byte: 5, idle: 0.5, total: 30}}}}
+  long: {{type: openai, base_url: "{faulty}", timeouts: {{connect: 1, first_byte: 20, idle: 0.5, total: 30}}}}
   small: {{type: openai, base_url: "{faulty}", max_response_mb: 1, timeouts: {{connect: 1, idle: 0.5}}}}
   mock: {{type: mock, options: {{chunks: 3}}}}
 models:
