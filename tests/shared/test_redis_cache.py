@@ -1,0 +1,216 @@
+"""The response cache in Redis, shared by several nodes: three gateways in this process, each
+with its own data_dir and its own Redis connection, over one real redis-server (tests/engines.py).
+
+An answer stored through one node is a HIT on the others, with Redis's own expiry and the
+per-key scope; Redis killed or hung never turns into an error or a hang (each node falls back
+to its own cache, logged once, counted), and the nodes share again once Redis is back."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+import zlib
+
+import orjson
+import pytest
+import structlog
+from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from proxy.state.response_cache import PREFIX, RedisResponseCache
+from tests.engines import redis_server  # noqa: F401  (session fixture)
+from tests.fakes.openai_upstream import FakeOpenAI, start
+from tests.middlewares.helpers import APP, CHAT, OTHER, eventually, metric, parse_prometheus, routes
+
+HI = [{"role": "user", "content": "hi"}]
+BOUND = 1.0            # seconds any request may take while Redis is dead or hung (50 ms timeouts)
+
+
+def node_client(url: str) -> aioredis.Redis:
+    """A node's connection, as the gateway opens it: short socket timeouts, no retries."""
+    return aioredis.Redis.from_url(url, socket_timeout=0.05, socket_connect_timeout=0.05,
+                                   retry=Retry(NoBackoff(), 0), health_check_interval=0)
+
+
+@pytest.fixture
+async def upstream():
+    fake = FakeOpenAI()
+    runner, url = await start(fake)
+    fake.url = url
+    yield fake
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def redis(redis_server):  # noqa: F811
+    """A test's view of the shared Redis, emptied first."""
+    if redis_server.proc is None:        # a test that stopped it failed before starting it again
+        redis_server.start()
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def nodes(make_gateway, upstream, redis, redis_server, tmp_path):  # noqa: F811
+    """Three gateways ("vm1".."vm3"), cache on, each with its data_dir; the Redis cache injected
+    over each node's embedded one (its fallback)."""
+    gws, clients = [], []
+    for i in (1, 2, 3):
+        text = routes(upstream.url, cache={"enabled": True, "ttl": 60},
+                      server={"data_dir": str(tmp_path / f"vm{i}" / "var")})
+        gw = await make_gateway(text, filename=f"vm{i}.yaml")
+        client = node_client(redis_server.url)
+        gw.gateway.response_cache = RedisResponseCache(client, gw.gateway.response_cache, metrics=gw.gateway.metrics)
+        gws.append(gw)
+        clients.append(client)
+    yield gws
+    for gw in gws:
+        await gw.close()              # the cache writes what is pending, then closes its fallback
+    for client in clients:
+        await client.aclose()
+
+
+async def ask(http, node, secret: str = APP, **body):
+    """(status, x-cache, parsed body (the raw bytes of a stream), seconds) of one chat request."""
+    started = time.monotonic()
+    async with http.post(node.url + CHAT, json={"model": "gpt-4o-mini", "messages": HI, **body},
+                         headers={"Authorization": f"Bearer {secret}"}) as resp:
+        raw = await resp.read()
+        data = raw if body.get("stream") else orjson.loads(raw)
+        return resp.status, resp.headers.get("x-cache"), data, time.monotonic() - started
+
+
+async def stored(redis) -> list[bytes]:
+    return sorted(await redis.keys(PREFIX + "*"))
+
+
+async def test_an_answer_stored_through_one_node_is_a_hit_on_the_others(nodes, upstream, redis, http):
+    vm1, vm2, vm3 = nodes
+    status, state, first, _ = await ask(http, vm1)
+    assert (status, state) == (200, "MISS")
+    await eventually(lambda: stored(redis), what="the answer in Redis")
+    status, state, again, _ = await ask(http, vm3)
+    assert (status, state) == (200, "HIT")
+    assert again["choices"] == first["choices"] and again["usage"]["cost"] == 0
+    status, state, raw, _ = await ask(http, vm2, stream=True)
+    assert (status, state) == (200, "HIT")
+    events = [e for e in raw.split(b"\n\n") if e]
+    text = "".join(orjson.loads(e[6:])["choices"][0]["delta"].get("content") or ""
+                   for e in events[:-1] if orjson.loads(e[6:])["choices"])
+    assert text == first["choices"][0]["message"]["content"] and events[-1] == b"data: [DONE]"
+    assert len(upstream.requests) == 1
+
+
+async def test_entries_expire_by_redis_ttl(nodes, upstream, redis, http):
+    vm1, vm2, vm3 = nodes
+    assert (await ask(http, vm1, cache={"ttl": 1}))[:2] == (200, "MISS")
+    keys = await eventually(lambda: stored(redis), what="the answer in Redis")
+    assert 0 < await redis.pttl(keys[0]) <= 1000                 # Redis expires it, no sweeper of ours
+    assert (await ask(http, vm2))[1] == "HIT"
+
+    async def gone():
+        return not await redis.exists(keys[0])
+    await eventually(gone, timeout=3, what="Redis to expire the entry")
+    assert (await ask(http, vm3))[1] == "MISS"
+    assert len(upstream.requests) == 2
+
+
+async def test_the_per_key_scope_holds_across_nodes(nodes, upstream, redis, http):
+    vm1, vm2, vm3 = nodes
+    assert (await ask(http, vm1, APP))[1] == "MISS"
+    await eventually(lambda: stored(redis), what="the answer in Redis")
+    assert (await ask(http, vm2, OTHER))[1] == "MISS"             # another key's answer is not served
+    assert (await ask(http, vm3, APP))[1] == "HIT"
+    assert (await ask(http, vm3, OTHER))[1] == "HIT"             # once OTHER's own is stored
+    assert len(upstream.requests) == 2
+
+
+async def test_errors_and_truncated_answers_are_never_stored(nodes, upstream, redis, http):
+    vm1, vm2, _ = nodes
+    long = [{"role": "user", "content": "a sentence long enough to be cut short by max_tokens"}]
+    for node in (vm1, vm2):
+        status, state, _, _ = await ask(http, node, model="up/fail-500")
+        assert (status, state) == (502, "MISS")
+        status, state, data, _ = await ask(http, node, model="mock-echo", messages=long, max_tokens=2)
+        assert (status, state, data["choices"][0]["finish_reason"]) == (200, "MISS", "length")
+        status, state, raw, _ = await ask(http, node, model="mock-echo", messages=long, max_tokens=2, stream=True)
+        assert (status, state) == (200, "MISS") and b'"finish_reason":"length"' in raw
+    for node in nodes:
+        await node.gateway.response_cache.flush()
+    assert await stored(redis) == []
+    assert len(upstream.requests) == 2
+
+
+async def test_large_answers_are_stored_compressed_and_come_back_whole(nodes, redis, http):
+    vm1, vm2, _ = nodes
+    prompt = [{"role": "user", "content": "the same long sentence again " * 400}]   # ~11 KB echoed back
+    status, state, first, _ = await ask(http, vm1, model="mock-echo", messages=prompt)
+    assert (status, state) == (200, "MISS")
+    [key] = await eventually(lambda: stored(redis), what="the answer in Redis")
+    raw = await redis.get(key)
+    assert raw[:1] != b"{" and len(raw) < 2000
+    assert orjson.loads(zlib.decompress(raw))["completion"]["choices"] == first["choices"]
+    status, state, again, _ = await ask(http, vm2, model="mock-echo", messages=prompt)
+    assert (status, state, again["choices"]) == (200, "HIT", first["choices"])
+
+
+async def test_redis_killed_then_back(nodes, upstream, redis, redis_server, http):  # noqa: F811
+    """Killed: every request 200 within BOUND, MISS, then answered from the node's own cache;
+    logged once per node, counted; back: the nodes share again."""
+    vm1, vm2, vm3 = nodes
+    assert (await ask(http, vm1))[1] == "MISS"
+    await eventually(lambda: stored(redis), what="the answer in Redis")
+    redis_server.stop()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for node in (vm1, vm2, vm1, vm2):
+                status, state, _, took = await ask(http, node, messages=[{"role": "user", "content": "outage"}])
+                assert status == 200 and took < BOUND
+            first = [await ask(http, node) for node in (vm1, vm2)]
+            assert all(r[0] == 200 and r[3] < BOUND for r in first)
+            assert (await ask(http, vm2))[1] == "HIT"           # vm2's own cache, filled during the outage
+        downs = [e for e in logs if e["event"] == "cache_backend_down"]
+        assert len(downs) == 2 and all("Connection" in e["error"] for e in downs)    # once per node
+        samples = parse_prometheus(await (await http.get(vm1.url + "/metrics")).text())
+        assert metric(samples, "modelway_cache_backend_errors_total", op="get") >= 1
+    finally:
+        redis_server.start()
+    await redis.connection_pool.disconnect()      # the test's own connections died with the server
+    await redis.flushdb()
+
+    async def shared_again():
+        prompt = [{"role": "user", "content": f"after {time.monotonic()}"}]
+        status, state, _, _ = await ask(http, vm1, messages=prompt)
+        assert status == 200
+        await vm1.gateway.response_cache.flush()
+        return prompt if await stored(redis) else None
+    prompt = await eventually(shared_again, timeout=5, interval=0.2, what="vm1 to store in Redis again")
+    assert (await ask(http, vm3, messages=prompt))[1] == "HIT"
+
+
+async def test_a_hung_redis_costs_a_miss_not_a_hang(nodes, redis, redis_server, http):  # noqa: F811
+    """Redis stops answering (SIGSTOP: connections open, nothing read): each lookup gives up after
+    its 50 ms, after three the node switches to its own cache; it goes back once Redis answers."""
+    vm1, vm2, _ = nodes
+    assert (await ask(http, vm1))[1] == "MISS"
+    await eventually(lambda: stored(redis), what="the answer in Redis")
+    with structlog.testing.capture_logs() as logs:
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            results = [await ask(http, vm2, messages=[{"role": "user", "content": f"q{i}"}]) for i in range(5)]
+            assert [r[:2] for r in results] == [(200, "MISS")] * 5 and max(r[3] for r in results) < BOUND
+            assert len([e for e in logs if e["event"] == "cache_backend_down"]) == 1       # logged once
+            status, state, _, took = await ask(http, vm2, messages=[{"role": "user", "content": "q4"}])
+            assert (status, state) == (200, "HIT") and took < BOUND      # vm2's own cache took over
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+
+        async def back():
+            await ask(http, vm2, messages=[{"role": "user", "content": f"probe {time.monotonic()}"}])
+            return [e for e in logs if e["event"] == "cache_backend_up"]
+        await eventually(back, timeout=5, interval=0.2, what="vm2 to use Redis again")
+    assert (await ask(http, vm2))[1] == "HIT"                        # vm1's answer, from Redis
+    await redis.connection_pool.disconnect()
