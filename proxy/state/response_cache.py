@@ -5,9 +5,10 @@ its JSON bytes as they are, or zlib-compressed (level 1) when longer than COMPRE
 stored answer starts with `{`, zlib's output never does). Expiry is Redis's own (`SET ... PX`);
 the size is bounded by the server's `maxmemory` with an evicting `maxmemory-policy` (README).
 
-Lookups are on the request's path: one GET bounded by `timeout_ms` (50 ms by default); a GET
+Lookups are on the request's path: those of one event-loop iteration go as one MGET (a busy node
+needs few connections and round trips), bounded by `timeout_ms` (50 ms by default); a lookup
 that fails or times out is a miss, never an error. Stores are not: `put_later` queues the entry
-and one writer task sends what has queued as one pipeline of SETs (bounded by
+and one writer task sends what has queued as pipelines of up to BATCH SETs (bounded by
 `write_timeout_ms`); until written an entry is served from memory, and a queue of MAX_BACKLOG
 entries drops new ones.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import time
 import zlib
@@ -37,6 +39,7 @@ log = structlog.get_logger("modelway")
 PREFIX = "mw:cache:"
 COMPRESS_OVER = 2048          # bytes; smaller answers are stored as they are (bench/redis_cache.py)
 MAX_BACKLOG = 5000            # entries waiting for the writer; more are dropped
+BATCH = 256                   # entries per pipeline
 TIMEOUTS_TO_TRIP = 3          # timed-out calls in a row that switch the node to its local cache
 PROBE_TIMEOUT = 1.0           # seconds a probe (PING) may take; it is never on a request's path
 DOWN = (RedisConnectionError, OSError)          # the server is gone: trip at once
@@ -63,6 +66,7 @@ class RedisResponseCache(CacheBackend):
         self.pending: dict[str, tuple[bytes, float]] = {}   # key -> (value, ttl), not yet sent
         self.sending: dict[str, tuple[bytes, float]] = {}   # the batch in flight
         self._writer: asyncio.Task | None = None
+        self._batch: dict[str, asyncio.Future] | None = None   # lookups joining this iteration's MGET
 
     # -- the interface -------------------------------------------------------------------
     def might_have(self, key: str) -> bool:
@@ -78,14 +82,40 @@ class RedisResponseCache(CacheBackend):
         if not self.up:
             self._maybe_probe()
             return await self.fallback.get(key) if self.fallback is not None else None
+        batch = self._batch
+        if batch is not None:                 # another lookup of this loop iteration sends it
+            found = batch.get(key)
+            if found is None:
+                found = batch[key] = asyncio.get_running_loop().create_future()
+            raw = await asyncio.shield(found)     # a cancelled request leaves the others' lookup alone
+        else:
+            raw = await self._lookup(key)
+        return None if raw is None else _decode(raw)
+
+    async def _lookup(self, key: str) -> bytes | None:
+        """Open this loop iteration's batch, let the other lookups of the iteration join it, send
+        them all as one MGET within `timeout`; a failure answers every one None (a miss)."""
+        self._batch = batch = {}
+        keys, values = [key], [None]
         try:
+            await asyncio.sleep(0)
+            self._batch = None
+            keys += batch
             async with asyncio.timeout(self.timeout):
-                raw = await self.client.get(PREFIX + key)
+                values = await self.client.mget([PREFIX + k for k in keys]) if batch else [
+                    await self.client.get(PREFIX + key)]
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed("get", exc)
-            return None
-        self._timeouts = 0
-        return None if raw is None else _decode(raw)
+        else:
+            self._timeouts = 0
+        finally:
+            if self._batch is batch:
+                self._batch = None
+            answers = values[1:] if len(values) == len(keys) else itertools.repeat(None)
+            for found, value in zip(batch.values(), answers):
+                if not found.done():
+                    found.set_result(value)
+        return values[0]
 
     def put_later(self, key: str, value: bytes, ttl: float) -> None:
         if not self.up:
@@ -120,8 +150,7 @@ class RedisResponseCache(CacheBackend):
         """Send what has queued, one pipeline per round, until nothing is left."""
         try:
             while self.pending and self.up:
-                batch, self.pending = self.pending, {}
-                self.sending = batch
+                self.sending = batch = self._take()
                 try:
                     await self._send(batch)
                 except (RedisError, OSError, TimeoutError) as exc:
@@ -139,6 +168,13 @@ class RedisResponseCache(CacheBackend):
             self.pending = {}
         finally:
             self._writer = None
+
+    def _take(self) -> dict[str, tuple[bytes, float]]:
+        if len(self.pending) <= BATCH:
+            batch, self.pending = self.pending, {}
+            return batch
+        pending = self.pending
+        return {key: pending.pop(key) for key in list(itertools.islice(pending, BATCH))}
 
     async def _send(self, batch: dict[str, tuple[bytes, float]]) -> None:
         async with asyncio.timeout(self.write_timeout):
