@@ -85,17 +85,18 @@ async def measure(cache, value: bytes, lookups: int) -> dict:
 
 
 def codec(sizes=(1200, 2048, 4096, 16384, 65536), rounds: int = 2000) -> list[tuple]:
+    """(size, compressed size, CPU µs to compress, CPU µs to decompress) per answer size."""
     rows = []
     for size in sizes:
         value = answer(size)
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         for _ in range(rounds):
             packed = zlib.compress(value, 1)
-        enc = (time.perf_counter() - t0) / rounds * 1e6
-        t0 = time.perf_counter()
+        enc = (time.thread_time() - t0) / rounds * 1e6
+        t0 = time.thread_time()
         for _ in range(rounds):
             zlib.decompress(packed)
-        dec = (time.perf_counter() - t0) / rounds * 1e6
+        dec = (time.thread_time() - t0) / rounds * 1e6
         rows.append((len(value), len(packed), enc, dec))
     return rows
 
@@ -119,7 +120,7 @@ async def run(args, url: str) -> None:
     for name, r in results.items():
         print(f"| {name} | {r['hit'][0]:.0f} / {r['hit'][1]:.0f} | {r['miss'][0]:.1f} / {r['miss'][1]:.1f} "
               f"| {r['concurrent'][0]:.0f} ({r['concurrent'][1]}) |")
-    print("\n| answer | zlib -1 | compress µs | decompress µs |\n|---|---|---|---|")
+    print("\n| answer | zlib -1 | compress, CPU µs | decompress, CPU µs |\n|---|---|---|---|")
     for size, packed, enc, dec in codec():
         print(f"| {size} B | {packed} B ({packed / size:.0%}) | {enc:.1f} | {dec:.1f} |")
 

@@ -1,8 +1,8 @@
 """The response cache in Redis, shared by every node (the `CacheBackend` of proxy/response_cache.py).
 
 Keys are `mw:cache:<digest>` (the digest middlewares/cache.py computes), values the stored answer:
-its JSON bytes as they are, or zlib-compressed (level 1) when longer than COMPRESS_OVER bytes (a
-stored answer starts with `{`, zlib's output never does). Expiry is Redis's own (`SET ... PX`);
+its JSON bytes as they are, or zlib-compressed (level 1, in a thread) when longer than
+COMPRESS_OVER bytes (a stored answer starts with `{`, zlib's output never does). Expiry is Redis's own (`SET ... PX`);
 the size is bounded by the server's `maxmemory` with an evicting `maxmemory-policy` (README).
 
 Lookups are on the request's path: those of one event-loop iteration go as one MGET (a busy node
@@ -177,10 +177,13 @@ class RedisResponseCache(CacheBackend):
         return {key: pending.pop(key) for key in list(itertools.islice(pending, BATCH))}
 
     async def _send(self, batch: dict[str, tuple[bytes, float]]) -> None:
+        entries = [(PREFIX + key, value, max(1, int(ttl * 1000))) for key, (value, ttl) in batch.items()]
+        if any(len(value) > COMPRESS_OVER for _, value, _ in entries):
+            entries = await asyncio.to_thread(_compressed, entries)    # zlib lets go of the GIL
         async with asyncio.timeout(self.write_timeout):
             async with self.client.pipeline(transaction=False) as pipe:
-                for key, (value, ttl) in batch.items():
-                    pipe.set(PREFIX + key, _encode(value), px=max(1, int(ttl * 1000)))
+                for name, value, ms in entries:
+                    pipe.set(name, value, px=ms)
                 await pipe.execute()
 
     # -- health --------------------------------------------------------------------------
@@ -223,8 +226,9 @@ class RedisResponseCache(CacheBackend):
             self._probe = None
 
 
-def _encode(value: bytes) -> bytes:
-    return zlib.compress(value, 1) if len(value) > COMPRESS_OVER else value
+def _compressed(entries: list[tuple[str, bytes, int]]) -> list[tuple[str, bytes, int]]:
+    return [(name, zlib.compress(value, 1) if len(value) > COMPRESS_OVER else value, ms)
+            for name, value, ms in entries]
 
 
 def _decode(raw: bytes) -> bytes | None:
