@@ -117,6 +117,11 @@ class CacheBackend(ABC):
 
 
 class ResponseCache(CacheBackend):
+    @classmethod
+    def build(cls, ctx) -> "ResponseCache":
+        """For the stores table (proxy/state/stores.py): `data_dir/cache`, cache.size_limit_mb."""
+        return cls(os.path.join(ctx.data_dir, "cache"), ctx.config.cache.size_limit_mb)
+
     def __init__(self, directory: str, size_limit_mb: float, *, poll_seconds: float = 0.5,
                  flush_seconds: float = 0.25, cull_seconds: float = 1.0):
         self.store = open_store(directory, int(size_limit_mb * 1024 * 1024))

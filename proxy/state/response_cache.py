@@ -51,8 +51,9 @@ class RedisResponseCache(CacheBackend):
     caller. `fallback`: the node-local cache used while Redis is down, owned (closed) by this."""
 
     def __init__(self, client, fallback: CacheBackend | None = None, *, timeout_ms: float = 50.0,
-                 write_timeout_ms: float = 500.0, probe_seconds: float = 1.0, metrics=None):
+                 write_timeout_ms: float = 500.0, probe_seconds: float = 1.0, metrics=None, engine=None):
         self.client = client
+        self.engine = engine          # optional: anything with `.up`, the node's view of Redis (its probe)
         self.fallback = fallback
         self.timeout = timeout_ms / 1000.0
         self.write_timeout = write_timeout_ms / 1000.0
@@ -68,9 +69,21 @@ class RedisResponseCache(CacheBackend):
         self._writer: asyncio.Task | None = None
         self._batch: dict[str, asyncio.Future] | None = None   # lookups joining this iteration's MGET
 
+    @classmethod
+    def build(cls, ctx) -> "RedisResponseCache":
+        """For the stores table (proxy/state/stores.py): over the node's Redis engine, its
+        client and health; the embedded cache in data_dir as the fallback."""
+        redis = ctx.engines.redis
+        return cls(redis.client, ResponseCache.build(ctx), timeout_ms=ctx.config.state.redis_timeout_ms,
+                   metrics=getattr(ctx, "metrics", None), engine=redis)
+
     # -- the interface -------------------------------------------------------------------
+    @property
+    def usable(self) -> bool:
+        return self.up and (self.engine is None or self.engine.up)
+
     def might_have(self, key: str) -> bool:
-        if self.up:
+        if self.usable:
             return True
         self._maybe_probe()
         return self.fallback is not None and self.fallback.might_have(key)
@@ -79,7 +92,7 @@ class RedisResponseCache(CacheBackend):
         queued = self.pending.get(key) or self.sending.get(key)
         if queued is not None:
             return queued[0]
-        if not self.up:
+        if not self.usable:
             self._maybe_probe()
             return await self.fallback.get(key) if self.fallback is not None else None
         batch = self._batch
@@ -118,7 +131,7 @@ class RedisResponseCache(CacheBackend):
         return values[0]
 
     def put_later(self, key: str, value: bytes, ttl: float) -> None:
-        if not self.up:
+        if not self.usable:
             self._maybe_probe()
             if self.fallback is not None:
                 self.fallback.put_later(key, value, ttl)
@@ -149,13 +162,13 @@ class RedisResponseCache(CacheBackend):
     async def _write(self) -> None:
         """Send what has queued, one pipeline per round, until nothing is left."""
         try:
-            while self.pending and self.up:
+            while self.pending and self.usable:
                 self.sending = batch = self._take()
                 try:
                     await self._send(batch)
                 except (RedisError, OSError, TimeoutError) as exc:
                     self._failed("set", exc)
-                    if not self.up and self.fallback is not None:   # keep them on this node
+                    if not self.usable and self.fallback is not None:   # keep them on this node
                         for key, (value, ttl) in batch.items():
                             self.fallback.put_later(key, value, ttl)
                 else:
@@ -206,7 +219,7 @@ class RedisResponseCache(CacheBackend):
                         fallback="node-local cache until Redis answers again")
 
     def _maybe_probe(self) -> None:
-        if self._probe is not None or time.monotonic() < self._probe_at:
+        if self.up or self._probe is not None or time.monotonic() < self._probe_at:
             return
         self._probe_at = time.monotonic() + self.probe_seconds
         self._probe = asyncio.ensure_future(self._ping())
