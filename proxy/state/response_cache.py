@@ -51,9 +51,8 @@ class RedisResponseCache(CacheBackend):
     caller. `fallback`: the node-local cache used while Redis is down, owned (closed) by this."""
 
     def __init__(self, client, fallback: CacheBackend | None = None, *, timeout_ms: float = 50.0,
-                 write_timeout_ms: float = 500.0, probe_seconds: float = 1.0, metrics=None, engine=None):
+                 write_timeout_ms: float = 500.0, probe_seconds: float = 1.0, metrics=None):
         self.client = client
-        self.engine = engine          # optional: anything with `.up`, the node's view of Redis (its probe)
         self.fallback = fallback
         self.timeout = timeout_ms / 1000.0
         self.write_timeout = write_timeout_ms / 1000.0
@@ -61,6 +60,7 @@ class RedisResponseCache(CacheBackend):
         self.metrics = metrics
         self.up = True                # until a call says otherwise
         self.error: str | None = None
+        self._error_logged = False      # an error reply (not an outage) is logged once
         self._timeouts = 0
         self._probe_at = 0.0
         self._probe: asyncio.Task | None = None
@@ -71,19 +71,14 @@ class RedisResponseCache(CacheBackend):
 
     @classmethod
     def build(cls, ctx) -> "RedisResponseCache":
-        """For the stores table (proxy/state/stores.py): over the node's Redis engine, its
-        client and health; the embedded cache in data_dir as the fallback."""
-        redis = ctx.engines.redis
-        return cls(redis.client, ResponseCache.build(ctx), timeout_ms=ctx.config.state.redis_timeout_ms,
-                   metrics=getattr(ctx, "metrics", None), engine=redis)
+        """For the stores table (proxy/state/stores.py): over the node's Redis client, the
+        embedded cache in data_dir as the fallback."""
+        return cls(ctx.engines.redis.client, ResponseCache.build(ctx), timeout_ms=ctx.config.state.redis_timeout_ms,
+                   metrics=getattr(ctx, "metrics", None))
 
     # -- the interface -------------------------------------------------------------------
-    @property
-    def usable(self) -> bool:
-        return self.up and (self.engine is None or self.engine.up)
-
     def might_have(self, key: str) -> bool:
-        if self.usable:
+        if self.up:
             return True
         self._maybe_probe()
         return self.fallback is not None and self.fallback.might_have(key)
@@ -92,7 +87,7 @@ class RedisResponseCache(CacheBackend):
         queued = self.pending.get(key) or self.sending.get(key)
         if queued is not None:
             return queued[0]
-        if not self.usable:
+        if not self.up:
             self._maybe_probe()
             return await self.fallback.get(key) if self.fallback is not None else None
         batch = self._batch
@@ -131,7 +126,7 @@ class RedisResponseCache(CacheBackend):
         return values[0]
 
     def put_later(self, key: str, value: bytes, ttl: float) -> None:
-        if not self.usable:
+        if not self.up:
             self._maybe_probe()
             if self.fallback is not None:
                 self.fallback.put_later(key, value, ttl)
@@ -162,13 +157,13 @@ class RedisResponseCache(CacheBackend):
     async def _write(self) -> None:
         """Send what has queued, one pipeline per round, until nothing is left."""
         try:
-            while self.pending and self.usable:
+            while self.pending and self.up:
                 self.sending = batch = self._take()
                 try:
                     await self._send(batch)
                 except (RedisError, OSError, TimeoutError) as exc:
                     self._failed("set", exc)
-                    if not self.usable and self.fallback is not None:   # keep them on this node
+                    if not self.up and self.fallback is not None:   # keep them on this node
                         for key, (value, ttl) in batch.items():
                             self.fallback.put_later(key, value, ttl)
                 else:
@@ -203,15 +198,16 @@ class RedisResponseCache(CacheBackend):
     def _failed(self, op: str, exc: BaseException) -> None:
         if self.metrics is not None:
             self.metrics.inc("modelway_cache_backend_errors_total", (op,))
+        if not isinstance(exc, SLOW + DOWN):    # an error reply (e.g. OOM under maxmemory noeviction)
+            if not self._error_logged:
+                self._error_logged = True
+                # the class only: redis-py's message quotes the command, i.e. the stored answer
+                log.warning("cache_backend_error", op=op, error=type(exc).__name__)
+            return
         if isinstance(exc, SLOW):
             self._timeouts += 1
             if self._timeouts < TIMEOUTS_TO_TRIP:
                 return
-        elif not isinstance(exc, DOWN):     # an error reply (e.g. OOM under maxmemory noeviction)
-            if self.error is None:
-                self.error = _describe(exc)
-                log.warning("cache_backend_error", op=op, error=self.error)
-            return
         if self.up:
             self.up, self.error, self._timeouts = False, _describe(exc), 0
             self._probe_at = time.monotonic() + self.probe_seconds

@@ -232,3 +232,28 @@ async def test_a_hung_redis_costs_a_miss_not_a_hang(cluster, redis, redis_server
         return (await ask(http, vm2))[1] == "HIT"                    # vm1's answer, from Redis
     await eventually(hit, what="vm1's answer as a HIT on vm2")
     await redis.connection_pool.disconnect()
+
+
+async def test_a_full_redis_refusing_writes_still_answers(nodes, upstream, redis, http):
+    """maxmemory reached under `noeviction`: Redis refuses each SET (OOM). Answers still come,
+    nothing is stored, the refusal is logged once (its class, never the answer it quotes) and
+    counted; the node does not count Redis as down."""
+    vm1, vm2, _ = nodes
+    await redis.config_set("maxmemory-policy", "noeviction")
+    await redis.config_set("maxmemory", "1")
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for i in range(3):
+                status, state, _, _ = await ask(http, vm1, messages=[{"role": "user", "content": f"full {i}"}])
+                assert (status, state) == (200, "MISS")
+                await vm1.gateway.response_cache.flush()
+        errors = [e for e in logs if e["event"] == "cache_backend_error"]
+        assert [(e["op"], e["error"]) for e in errors] == [("set", "OutOfMemoryError")]
+        assert not [e for e in logs if e["event"] == "cache_backend_down"]
+        samples = parse_prometheus(await (await http.get(vm1.url + "/metrics")).text())
+        assert metric(samples, "modelway_cache_backend_errors_total", op="set") == 3
+    finally:
+        await redis.config_set("maxmemory", "0")
+    assert await stored(redis) == []
+    assert (await ask(http, vm2, messages=[{"role": "user", "content": "full 0"}]))[1] == "MISS"
+    assert len(upstream.requests) == 4
