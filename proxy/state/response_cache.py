@@ -16,14 +16,14 @@ Redis down (a refused or reset connection, or TIMEOUTS_TO_TRIP timeouts in a row
 uses `fallback`, its embedded cache in data_dir, for lookups and stores; logged once per outage
 (`cache_backend_down`, then `cache_backend_up`), every failed call counted in
 `modelway_cache_backend_errors_total{op}`. While down, a PING at most every `probe_seconds`
-(sent by the next lookup or store, never awaited by it) brings Redis back.
+(sent by the next lookup or store, never awaited by it) brings Redis back. Given the node's
+Redis engine (`build()` from the stores table), its health counts too (`engine` below).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import itertools
-import os
 import time
 import zlib
 
@@ -42,8 +42,8 @@ MAX_BACKLOG = 5000            # entries waiting for the writer; more are dropped
 BATCH = 256                   # entries per pipeline
 TIMEOUTS_TO_TRIP = 3          # timed-out calls in a row that switch the node to its local cache
 PROBE_TIMEOUT = 1.0           # seconds a probe (PING) may take; it is never on a request's path
-DOWN = (RedisConnectionError, OSError)          # the server is gone: trip at once
 SLOW = (TimeoutError, RedisTimeoutError)        # counted toward TIMEOUTS_TO_TRIP
+DOWN = (RedisConnectionError, OSError)          # else: the server is gone, trip at once
 
 
 class RedisResponseCache(CacheBackend):
@@ -51,8 +51,12 @@ class RedisResponseCache(CacheBackend):
     caller. `fallback`: the node-local cache used while Redis is down, owned (closed) by this."""
 
     def __init__(self, client, fallback: CacheBackend | None = None, *, timeout_ms: float = 50.0,
-                 write_timeout_ms: float = 500.0, probe_seconds: float = 1.0, metrics=None):
+                 write_timeout_ms: float = 500.0, probe_seconds: float = 1.0, metrics=None, engine=None):
         self.client = client
+        # optional: the node's Redis engine (proxy/state/engines.py). Its health counts too: while
+        # it is down this cache uses the fallback; a refused or reset connection is reported to it
+        # (one log line, its probe, /readyz degraded). Timeouts still trip this cache alone.
+        self.engine = engine
         self.fallback = fallback
         self.timeout = timeout_ms / 1000.0
         self.write_timeout = write_timeout_ms / 1000.0
@@ -73,12 +77,17 @@ class RedisResponseCache(CacheBackend):
     def build(cls, ctx) -> "RedisResponseCache":
         """For the stores table (proxy/state/stores.py): over the node's Redis client, the
         embedded cache in data_dir as the fallback."""
-        return cls(ctx.engines.redis.client, ResponseCache.build(ctx), timeout_ms=ctx.config.state.redis_timeout_ms,
-                   metrics=getattr(ctx, "metrics", None))
+        redis = ctx.engines.redis
+        return cls(redis.client, ResponseCache.build(ctx), timeout_ms=ctx.config.state.redis_timeout_ms,
+                   metrics=ctx.metrics, engine=redis)
 
     # -- the interface -------------------------------------------------------------------
+    @property
+    def usable(self) -> bool:
+        return self.up and (self.engine is None or self.engine.up)
+
     def might_have(self, key: str) -> bool:
-        if self.up:
+        if self.usable:
             return True
         self._maybe_probe()
         return self.fallback is not None and self.fallback.might_have(key)
@@ -87,7 +96,7 @@ class RedisResponseCache(CacheBackend):
         queued = self.pending.get(key) or self.sending.get(key)
         if queued is not None:
             return queued[0]
-        if not self.up:
+        if not self.usable:
             self._maybe_probe()
             return await self.fallback.get(key) if self.fallback is not None else None
         batch = self._batch
@@ -126,7 +135,7 @@ class RedisResponseCache(CacheBackend):
         return values[0]
 
     def put_later(self, key: str, value: bytes, ttl: float) -> None:
-        if not self.up:
+        if not self.usable:
             self._maybe_probe()
             if self.fallback is not None:
                 self.fallback.put_later(key, value, ttl)
@@ -157,13 +166,13 @@ class RedisResponseCache(CacheBackend):
     async def _write(self) -> None:
         """Send what has queued, one pipeline per round, until nothing is left."""
         try:
-            while self.pending and self.up:
+            while self.pending and self.usable:
                 self.sending = batch = self._take()
                 try:
                     await self._send(batch)
                 except (RedisError, OSError, TimeoutError) as exc:
                     self._failed("set", exc)
-                    if not self.up and self.fallback is not None:   # keep them on this node
+                    if not self.usable and self.fallback is not None:   # keep them on this node
                         for key, (value, ttl) in batch.items():
                             self.fallback.put_later(key, value, ttl)
                 else:
@@ -204,7 +213,11 @@ class RedisResponseCache(CacheBackend):
                 # the class only: redis-py's message quotes the command, i.e. the stored answer
                 log.warning("cache_backend_error", op=op, error=type(exc).__name__)
             return
-        if isinstance(exc, SLOW):
+        slow = isinstance(exc, SLOW)       # (the builtin TimeoutError is an OSError too)
+        if self.engine is not None and not slow:
+            self.engine.failed(exc, trip=True)      # logged once by the engine, which probes it
+            return
+        if slow:
             self._timeouts += 1
             if self._timeouts < TIMEOUTS_TO_TRIP:
                 return
@@ -253,13 +266,3 @@ def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
 
-
-def build_response_cache(config, data_dir: str, redis_client=None, *, metrics=None,
-                         timeout_ms: float = 50.0) -> CacheBackend:
-    """WIRING (for Gateway._open_services): the embedded cache in `data_dir/cache`, or, given a
-    redis.asyncio client (the `state:` section's Redis), the shared one over it, falling back
-    to the embedded cache while Redis is down."""
-    local = ResponseCache(os.path.join(data_dir, "cache"), config.cache.size_limit_mb)
-    if redis_client is None:
-        return local
-    return RedisResponseCache(redis_client, local, timeout_ms=timeout_ms, metrics=metrics)

@@ -1,5 +1,5 @@
 """The response cache in Redis, shared by several nodes: three gateways in this process, each
-with its own data_dir and its own Redis connection, over one real redis-server (tests/engines.py).
+with its own data_dir and `state: {redis: ...}`, over one real redis-server (tests/engines.py).
 
 An answer stored through one node is a HIT on the others, with Redis's own expiry and the
 per-key scope; Redis killed or hung never turns into an error or a hang (each node falls back
@@ -15,22 +15,14 @@ import orjson
 import pytest
 import structlog
 from redis import asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
-from proxy.state.response_cache import PREFIX, RedisResponseCache
+from proxy.state.response_cache import PREFIX
 from tests.engines import redis_server  # noqa: F401  (session fixture)
 from tests.fakes.openai_upstream import FakeOpenAI, start
 from tests.middlewares.helpers import APP, CHAT, OTHER, eventually, metric, parse_prometheus, routes
 
 HI = [{"role": "user", "content": "hi"}]
 BOUND = 1.0            # seconds any request may take while Redis is dead or hung (50 ms timeouts)
-
-
-def node_client(url: str, timeout_ms: float) -> aioredis.Redis:
-    """A node's connection, as the gateway opens it: short socket timeouts, no retries."""
-    return aioredis.Redis.from_url(url, socket_timeout=timeout_ms / 1000, socket_connect_timeout=timeout_ms / 1000,
-                                   retry=Retry(NoBackoff(), 0), health_check_interval=0)
 
 
 @pytest.fixture
@@ -56,28 +48,18 @@ async def redis(redis_server):  # noqa: F811
 @pytest.fixture
 async def cluster(make_gateway, upstream, redis, redis_server, tmp_path):  # noqa: F811
     """`await cluster(timeout_ms)`: three gateways ("vm1".."vm3"), cache on, each with its own
-    data_dir and Redis connection; the Redis cache injected over each node's embedded one (its
-    fallback). The sharing tests give lookups 1 s (a loaded test machine must not turn a HIT
-    into a MISS); the failure tests use the default, 50 ms."""
-    gws, clients = [], []
-
+    data_dir, all with `state: {redis: ...}`. The sharing tests give Redis calls 1 s (a loaded
+    test machine must not turn a HIT into a MISS); the failure tests use the default, 50 ms."""
     async def make(timeout_ms: float = 1000.0):
+        gws = []
         for i in (1, 2, 3):
             text = routes(upstream.url, cache={"enabled": True, "ttl": 60},
-                          server={"data_dir": str(tmp_path / f"vm{i}" / "var")})
-            gw = await make_gateway(text, filename=f"vm{i}.yaml")
-            client = node_client(redis_server.url, timeout_ms)
-            gw.gateway.response_cache = RedisResponseCache(client, gw.gateway.response_cache, timeout_ms=timeout_ms,
-                                                           metrics=gw.gateway.metrics)
-            gws.append(gw)
-            clients.append(client)
+                          server={"data_dir": str(tmp_path / f"vm{i}" / "var")},
+                          state={"redis": redis_server.url, "redis_timeout_ms": timeout_ms})
+            gws.append(await make_gateway(text, filename=f"vm{i}.yaml"))
         return gws
 
-    yield make
-    for gw in gws:
-        await gw.close()              # the cache writes what is pending, then closes its fallback
-    for client in clients:
-        await client.aclose()
+    return make
 
 
 @pytest.fixture
@@ -171,7 +153,8 @@ async def test_large_answers_are_stored_compressed_and_come_back_whole(nodes, re
 
 async def test_redis_killed_then_back(cluster, upstream, redis, redis_server, http):  # noqa: F811
     """Killed: every request 200 within BOUND, MISS, then answered from the node's own cache;
-    logged once per node, counted; back: the nodes share again."""
+    the node's Redis engine is down (logged once per node, /readyz 200 degraded, the metric at
+    0); back: the nodes share again."""
     vm1, vm2, vm3 = await cluster(50)
     assert (await ask(http, vm1))[1] == "MISS"
     await eventually(lambda: stored(redis), what="the answer in Redis")
@@ -184,10 +167,14 @@ async def test_redis_killed_then_back(cluster, upstream, redis, redis_server, ht
             first = [await ask(http, node) for node in (vm1, vm2)]
             assert all(r[0] == 200 and r[3] < BOUND for r in first)
             assert (await ask(http, vm2))[1] == "HIT"           # vm2's own cache, filled during the outage
-        downs = [e for e in logs if e["event"] == "cache_backend_down"]
-        assert len(downs) == 2 and all("Connection" in e["error"] for e in downs)    # once per node
+        downs = [e for e in logs if e["event"] == "state_engine_down"]
+        assert 2 <= len(downs) <= 3 and {e["engine"] for e in downs} == {"redis"}     # once per node (vm3 idle)
+        assert not [e for e in logs if e["event"] == "cache_backend_down"]            # the engine's line only
         samples = parse_prometheus(await (await http.get(vm1.url + "/metrics")).text())
-        assert metric(samples, "modelway_cache_backend_errors_total", op="get") >= 1
+        assert metric(samples, "modelway_state_backend_up", engine="redis") == 0
+        for node in (vm1, vm2):
+            async with http.get(node.url + "/readyz") as resp:
+                assert resp.status == 200 and (await resp.json())["status"] == "degraded"
     finally:
         redis_server.start()
     await redis.connection_pool.disconnect()      # the test's own connections died with the server
