@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-from abc import ABC, abstractmethod
 import os
 import sqlite3
 import time
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 
 import diskcache
