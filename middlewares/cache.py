@@ -1,5 +1,7 @@
-"""Response cache (SPEC §5) on diskcache: exact match on the canonical request after preset
-and route resolution, scoped per API key unless shared. diskcache calls run in a thread.
+"""Response cache (SPEC §5): exact match on the canonical request after preset and route
+resolution, scoped per API key unless shared. Entries live in the gateway's `CacheBackend`
+(proxy/response_cache.py: diskcache on this VM; proxy/state/response_cache.py: Redis, shared by
+several nodes); which one is behind it is not this module's business.
 
 Per request: `Cache-Control: no-cache` (skip lookup, still store) / `no-store` (neither), or
 a body field `cache: {"no-cache": bool, "no-store": bool, "ttl": seconds}`. A hit answers

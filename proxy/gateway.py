@@ -134,8 +134,7 @@ class Gateway:
     async def _open_services(self) -> None:
         """Storage that lives as long as the process, shared by middlewares and endpoints:
         one SQLite database (ledger + managed keys, in its own thread), the shared counters
-        file, per-worker metrics snapshots and the response cache directory."""
-        from proxy.response_cache import ResponseCache
+        file, per-worker metrics snapshots; the stores picked per kind (proxy/state/stores.py)."""
         from proxy.store.counters import SharedCounters
         from proxy.store.db import Database
         from proxy.store.keys import KeyStore
@@ -147,11 +146,11 @@ class Gateway:
         self.ledger = LedgerWriter(self.db, metrics=self.metrics, retention_days=self.config.ledger.retention_days)
         self.keys = KeyStore(self.db)
         self.counters = SharedCounters.in_dir(self.data_dir)
-        self.response_cache = ResponseCache(os.path.join(self.data_dir, "cache"), self.config.cache.size_limit_mb)
         await self.ledger.start()
         await self.keys.start()
-        self.stores = await open_stores(self.config, self.data_dir, self.db)   # embedded or shared, per kind
+        self.stores = await open_stores(self.config, self.data_dir, self.db, self.metrics)   # embedded or shared
         self.responses, self.cooldowns = self.stores.responses, self.stores.cooldowns
+        self.response_cache = self.stores.response_cache
         await self.metrics.start()
         self._spend_flusher = asyncio.ensure_future(self._flush_spend())
 
@@ -181,8 +180,7 @@ class Gateway:
         await self.keys.close()
         await self.ledger.close()          # flushes every queued ledger row
         await self.metrics.close()
-        await self.response_cache.close()
-        await self.stores.close()
+        await self.stores.close()          # the response cache writes what is pending
         await stop_task(self._spend_flusher)
         self.counters.close()             # flushes this process's pending spend
         await self.db.aclose()

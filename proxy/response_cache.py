@@ -18,6 +18,9 @@ depends on SQLite's rowids, which a table without AUTOINCREMENT reuses.
 
 A damaged database (not SQLite, or corrupt) is moved aside as `cache.db.corrupt-<time>` and a
 fresh cache started: it is only a cache.
+
+`CacheBackend` is the interface middlewares/cache.py uses; `ResponseCache` (here) is the embedded
+implementation, `RedisResponseCache` (proxy/state/response_cache.py) the one several nodes share.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import fcntl
 import os
 import sqlite3
 import time
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 
 import diskcache
@@ -88,7 +92,36 @@ def _cache(directory: str, size_limit: int) -> diskcache.Cache:
                            cull_limit=0, disk=PrivateDisk)
 
 
-class ResponseCache:
+class CacheBackend(ABC):
+    """Where the response cache keeps answers: `key` is a hex digest of the canonical request,
+    `value` the stored answer (JSON bytes), `ttl` seconds. Lookups are on the request's path;
+    stores never are (`put_later` returns at once). A backend that cannot answer says "miss"."""
+
+    def might_have(self, key: str) -> bool:
+        """False when `key` is surely not stored, which the caller knows without awaiting get()."""
+        return True
+
+    @abstractmethod
+    async def get(self, key: str) -> bytes | None:
+        """The stored value, or None (absent, expired, or the backend cannot answer now)."""
+
+    @abstractmethod
+    def put_later(self, key: str, value: bytes, ttl: float) -> None:
+        """Store `value` for `ttl` seconds, off the caller's path (a full backlog drops it)."""
+
+    async def flush(self) -> None:
+        """Wait until what put_later() took has been written."""
+
+    async def close(self) -> None:
+        """Write what is pending and release the backend."""
+
+
+class ResponseCache(CacheBackend):
+    @classmethod
+    def build(cls, ctx) -> "ResponseCache":
+        """For the stores table (proxy/state/stores.py): `data_dir/cache`, cache.size_limit_mb."""
+        return cls(os.path.join(ctx.data_dir, "cache"), ctx.config.cache.size_limit_mb)
+
     def __init__(self, directory: str, size_limit_mb: float, *, poll_seconds: float = 0.5,
                  flush_seconds: float = 0.25, cull_seconds: float = 1.0):
         self.store = open_store(directory, int(size_limit_mb * 1024 * 1024))

@@ -4,6 +4,7 @@ interface, the table below says what is behind it.
 
     kind               interface                          embedded (one VM)             shared
     cooldowns          proxy.health.Health                LocalHealth                   RedisHealth (Redis)
+    response cache     proxy.response_cache.CacheBackend  ResponseCache (data_dir)      RedisResponseCache (Redis)
     stored responses   proxy.store.responses.ResponseStore SQLiteResponses (data_dir)   PostgresResponses (PostgreSQL)
 
 A kind's shared implementation is used when routes.yaml's `state:` names the engine it needs;
@@ -42,7 +43,8 @@ KINDS: tuple[Kind, ...] = (
     Kind("spend", "spend", "redis"),
     Kind("concurrency", "concurrency", "redis"),
     Kind("cooldowns", "cooldowns", "redis", "proxy.health:LocalHealth", "proxy.state.cooldowns:RedisHealth"),
-    Kind("response cache", "response_cache", "redis"),
+    Kind("response cache", "response_cache", "redis", "proxy.response_cache:ResponseCache",
+         "proxy.state.response_cache:RedisResponseCache"),
     Kind("keys", "keys", "database"),
     Kind("ledger", "ledger", "database"),
     Kind("stored responses", "responses", "database", "proxy.store.responses:SQLiteResponses",
@@ -58,6 +60,7 @@ class Context:
     db: Any                   # proxy.store.db.Database: the embedded SQLite database
     engines: Any = None       # proxy.state.engines.Engines, when `state:` names one
     events: Any = None        # proxy.state.events.ChangeEvents, with Redis
+    metrics: Any = None       # proxy.store.metrics.Metrics: this process's counters
 
 
 def uses_shared(kind: Kind, state: StateConfig) -> bool:
@@ -107,10 +110,10 @@ class Stores:
         return self.ctx.engines.prometheus() if self.ctx.engines is not None else ""
 
 
-async def open_stores(config: Config, data_dir: str, db) -> Stores:
+async def open_stores(config: Config, data_dir: str, db, metrics=None) -> Stores:
     """Pick and start every kind's implementation for this process's lifetime. The engines are
     opened here (an engine that is down does not stop the start: its stores fall back)."""
-    ctx = Context(config, data_dir, db)
+    ctx = Context(config, data_dir, db, metrics=metrics)
     state = config.state
     if state.shared:
         # the drivers load only when `state:` asks for them

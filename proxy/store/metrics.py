@@ -60,6 +60,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "modelway_ledger_write_failures_total": ("Failed ledger writes (each retried batch counts).", ()),
     "modelway_ledger_rows_dropped_total": ("Ledger rows dropped because the queue of unwritten rows was "
                                            "full.", ()),
+    "modelway_cache_backend_errors_total": ("Failed calls of the shared response cache (Redis), by operation "
+                                            "(get, set, probe): each is a miss or a store skipped.", ("op",)),
     "modelway_key_store_lookups_total": ("Key-store lookups of keys a worker did not know yet, by "
                                          "result (found, missing, error).", ("result",)),
     "modelway_limits_uncounted_total": ("Requests refused (503) because their key's limits could not "
