@@ -18,6 +18,15 @@ def cities_in(text: str) -> list[str]:
     return [c for _, c in sorted(found)]
 
 
+def scripted(script: dict, text: str, names: list[str]) -> tuple[str, dict] | None:
+    """A scripted tool call: `script` maps a trigger text to (tool name, arguments); the first
+    trigger found in the user's text whose tool is offered wins."""
+    for trigger, (name, arguments) in script.items():
+        if trigger in text and name in names:
+            return name, arguments
+    return None
+
+
 def asks_for_tool(text: str, names: list[str]) -> bool:
     return bool(TOOL_ASK.search(text)) or any(n and n in text for n in names)
 

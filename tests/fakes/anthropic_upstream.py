@@ -18,6 +18,7 @@ content_block_start/delta/stop, message_delta, message_stop):
   - tools offered, tool_choice not none, and the user asks (a tool's name, "weather", "use the ...
     tool") or tool_choice forces it -> tool_use blocks (one per city named - Paris, Tokyo, ... -
     unless disable_parallel_tool_use or a named choice), after a short text when the choice is auto;
+  - `script` (trigger text -> (tool, input)): a user text holding a trigger -> exactly that tool_use;
   - output_config.format json_schema -> text holding JSON that matches the schema;
   - otherwise the last user text echoed, with " [images=N documents=M]" when it carried any;
   - thinking enabled -> a thinking block with a signature first (not on a tool-result turn, as the
@@ -54,7 +55,7 @@ import orjson
 from aiohttp import web
 
 from tests.fakes import serve_loopback
-from tests.fakes.answers import asks_for_tool, attachments_note, cities_in, sample, split, tokens
+from tests.fakes.answers import asks_for_tool, attachments_note, cities_in, sample, scripted, split, tokens
 
 API_KEY = "sk-ant-test"
 API_VERSION = "2023-06-01"          # the oldest version the API takes
@@ -97,6 +98,7 @@ class FakeAnthropic:
         self.answers: list[dict] = []           # every message answered (streamed ones too)
         self.rejections: list[str] = []         # messages of the 4xx this fake sent
         self.verified_thinking: list[dict] = []  # thinking / redacted_thinking blocks replayed intact
+        self.script: dict[str, tuple[str, dict]] = {}   # user text holding a trigger -> that tool_use
         self.disconnected = asyncio.Event()     # the gateway hung up mid-stream
         self.url = ""
         self._secret = os.urandom(16)
@@ -320,6 +322,10 @@ class FakeAnthropic:
         names = [t["name"] for t in tools]
         if not tools or choice["type"] == "none":
             return []
+        hit = scripted(self.script, text, names)
+        if hit is not None:
+            call_id = "toolu_fake" + hashlib.sha1(f"{hit[0]}{text}".encode()).hexdigest()[:20]
+            return [{"type": "tool_use", "id": call_id, "name": hit[0], "input": hit[1]}]
         if choice["type"] == "auto" and not asks_for_tool(text, names):
             return []
         if choice["type"] == "tool":

@@ -17,7 +17,8 @@ Behaviour is chosen by the upstream model name the gateway sends:
   smart-<anything>    answers from the request like a real model (see `smart_answer`): echo, tool
                       calls when tools are offered and asked for, JSON for response_format, usage
                       with reasoning and cached tokens; checks OpenAI's rules (tool messages answer
-                      the previous tool_calls, json_object needs the word "json") with a 400
+                      the previous tool_calls, json_object needs the word "json") with a 400;
+                      `script` (trigger text -> (tool, arguments)) scripts exact tool calls
 
 A request whose `response_format` is a `json_schema` is answered with JSON content that
 matches the schema (non-streaming and streaming), so `client.beta.chat.completions.parse`
@@ -36,7 +37,7 @@ import orjson
 from aiohttp import web
 
 from tests.fakes import serve_loopback
-from tests.fakes.answers import asks_for_tool, attachments_note, cities_in, sample, split, tokens
+from tests.fakes.answers import asks_for_tool, attachments_note, cities_in, sample, scripted, split, tokens
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures" / "openai"
 
@@ -53,6 +54,7 @@ class FakeOpenAI:
         self.gate = asyncio.Event()             # releases the `gated` stream
         self.slow_seconds = 1.0
         self.smart_cache: set[str] = set()      # prompt prefixes seen by `smart-*` models
+        self.script: dict[str, tuple[str, dict]] = {}   # `smart-*`: user text holding a trigger -> that call
         self.completion = orjson.loads((FIXTURES / "completion.json").read_bytes())
         self.text_stream = _events("text_stream.sse")
         self.tool_stream = _events("tool_stream.sse")
@@ -177,7 +179,7 @@ class FakeOpenAI:
 
     async def _smart(self, request: web.Request, body: dict) -> web.StreamResponse:
         try:
-            message, finish, usage = smart_answer(body, self.smart_cache)
+            message, finish, usage = smart_answer(body, self.smart_cache, self.script)
         except SmartRejected as exc:
             return web.json_response({"error": {"message": str(exc), "type": "invalid_request_error",
                                                 "param": exc.param, "code": None}}, status=400)
@@ -250,7 +252,7 @@ def _parts(content) -> list[dict]:
     return [{"type": "text", "text": content}] if isinstance(content, str) else list(content or ())
 
 
-def smart_answer(body: dict, cache: set) -> tuple[dict, str, dict]:
+def smart_answer(body: dict, cache: set, script: dict | None = None) -> tuple[dict, str, dict]:
     """(assistant message, finish_reason, usage) for a `smart-*` request."""
     _check_smart(body)
     messages = body["messages"]
@@ -265,7 +267,13 @@ def smart_answer(body: dict, cache: set) -> tuple[dict, str, dict]:
     named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
     names = [t["name"] for t in tools]
     fmt = body.get("response_format") or {}
-    if trailing:
+    hit = scripted(script or {}, text, names) if choice != "none" and not trailing else None
+    if hit is not None:
+        message["tool_calls"] = [{"id": "call_" + hashlib.sha1(f"{hit[0]}{text}".encode()).hexdigest()[:24],
+                                  "type": "function", "function": {"name": hit[0],
+                                                                   "arguments": orjson.dumps(hit[1]).decode()}}]
+        finish = "tool_calls"
+    elif trailing:
         message["content"] = "Tool results: " + "; ".join(
             " ".join(p.get("text", "") for p in _parts(m.get("content"))) for m in reversed(trailing))
     elif tools and choice != "none" and (named or choice == "required" or asks_for_tool(text, names)):

@@ -1,0 +1,119 @@
+"""The Codex CLI as it ships (npm `@openai/codex`), run as `codex exec` against the gateway.
+
+Codex speaks only the Responses API, streamed, with store false, encrypted reasoning asked for,
+developer/user message items, function tools, a namespace tool and web_search. Each test runs the
+real binary with a fresh CODEX_HOME whose config.toml (checked with --strict-config) names one
+model provider, the gateway, with no sandbox, no update checks, no analytics and no other network.
+The binary is MODELWAY_CODEX, else `codex` on PATH, else .ci/node's; without one the tests skip."""
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import shutil
+
+import orjson
+import pytest
+
+from tests.clients.conftest import KEY_A
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CODEX = os.environ.get("MODELWAY_CODEX") or shutil.which("codex") or next(
+    (str(p) for p in [ROOT / ".ci/node/node_modules/.bin/codex"] if p.exists()), None)
+pytestmark = pytest.mark.skipif(CODEX is None, reason="the Codex CLI is not installed (npm install @openai/codex; "
+                                                      "MODELWAY_CODEX=<path to codex>)")
+RUN_TIMEOUT = 120.0
+MARKER = "mw-codex-ran-7f3a"
+TRIGGER = "Check the marker with a shell command."
+
+CONFIG = """
+model = "{model}"
+model_provider = "modelway"
+check_for_update_on_startup = false
+sandbox_mode = "danger-full-access"
+approval_policy = "never"
+
+[model_providers.modelway]
+name = "Modelway"
+base_url = "{base_url}/v1"
+env_key = "MODELWAY_API_KEY"
+wire_api = "responses"
+request_max_retries = 0
+stream_max_retries = 0
+
+[analytics]
+enabled = false
+
+[otel]
+exporter = "none"
+"""
+
+
+async def codex_exec(gw, tmp_path, model: str, prompt: str, extra: str = "") -> list[dict]:
+    """Run `codex exec --json` once; its JSONL events (the run must exit 0)."""
+    home, work = tmp_path / "codex-home", tmp_path / "work"
+    home.mkdir(exist_ok=True)
+    work.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(extra + CONFIG.format(model=model, base_url=gw.url))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "CODEX_HOME": str(home),
+           "MODELWAY_API_KEY": KEY_A, "LANG": "C.UTF-8"}
+    proc = await asyncio.create_subprocess_exec(
+        CODEX, "exec", "--strict-config", "--json", "--skip-git-repo-check", "-C", str(work), prompt,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
+    events = [orjson.loads(line) for line in out.splitlines() if line.startswith(b"{")]
+    errors = [e for e in events if e["type"] in ("error", "turn.failed")]
+    assert not errors, (errors, err.decode(errors="replace")[-3000:])
+    return events
+
+
+def items(events: list[dict], kind: str) -> list[dict]:
+    return [e["item"] for e in events if e["type"] == "item.completed" and e["item"]["type"] == kind]
+
+
+@pytest.mark.parametrize("model", ["mock-echo", "up/smart-codex", "claude"])
+async def test_plain_answer(gw, tmp_path, model):
+    events = await codex_exec(gw, tmp_path, model, "Say hello to the gateway")
+    assert items(events, "agent_message")[-1]["text"].strip().endswith("Say hello to the gateway")
+    assert events[-1]["type"] == "turn.completed" and events[-1]["usage"]["input_tokens"] > 0
+
+
+async def test_exec_command_round_trip_openai(gw, tmp_path, fake_openai):
+    fake_openai.script[TRIGGER] = ("exec_command", {"cmd": f"echo {MARKER}"})
+    events = await codex_exec(gw, tmp_path, "up/smart-codex", TRIGGER)
+    ran = items(events, "command_execution")
+    assert ran and MARKER in ran[0]["aggregated_output"] and ran[0]["exit_code"] == 0
+    # the command's output went back to the model as the tool message answering its call
+    last = fake_openai.last["json"]
+    call = last["messages"][-2]["tool_calls"][0]
+    assert call["function"]["name"] == "exec_command"
+    assert last["messages"][-1]["role"] == "tool" and last["messages"][-1]["tool_call_id"] == call["id"]
+    assert MARKER in last["messages"][-1]["content"]
+    assert MARKER in items(events, "agent_message")[-1]["text"]
+
+
+@pytest.mark.parametrize("effort", [None, "medium"])
+async def test_exec_command_round_trip_anthropic(gw, tmp_path, anthropic_fake, effort):
+    """With reasoning on, Claude's signed thinking goes to Codex as encrypted_content and must come
+    back intact on the tool-result turn (the fake checks the signature)."""
+    anthropic_fake.script[TRIGGER] = ("exec_command", {"cmd": f"echo {MARKER}"})
+    extra = f'model_reasoning_effort = "{effort}"\n' if effort else ""
+    events = await codex_exec(gw, tmp_path, "claude", TRIGGER, extra)
+    ran = items(events, "command_execution")
+    assert ran and MARKER in ran[0]["aggregated_output"] and ran[0]["exit_code"] == 0
+    last = anthropic_fake.last["messages"]
+    use = next(b for b in last[-2]["content"] if b["type"] == "tool_use")
+    assert use["name"] == "exec_command" and use["input"] == {"cmd": f"echo {MARKER}"}
+    result = next(b for b in last[-1]["content"] if b["type"] == "tool_result")
+    assert result["tool_use_id"] == use["id"] and MARKER in orjson.dumps(result["content"]).decode()
+    assert MARKER in items(events, "agent_message")[-1]["text"]
+    if effort:
+        assert anthropic_fake.last["thinking"]["type"] in ("enabled", "adaptive")
+        assert anthropic_fake.verified_thinking and last[-2]["content"][0]["type"] == "thinking"
+        assert items(events, "reasoning")
