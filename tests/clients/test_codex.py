@@ -49,8 +49,8 @@ exporter = "none"
 """
 
 
-async def codex_exec(gw, tmp_path, model: str, prompt: str, extra: str = "") -> list[dict]:
-    """Run `codex exec --json` once; its JSONL events (the run must exit 0)."""
+async def codex_exec(gw, tmp_path, model: str, *args: str, extra: str = "") -> list[dict]:
+    """Run `codex exec --json [args]` once; its JSONL events (the run must exit 0)."""
     home, work = tmp_path / "codex-home", tmp_path / "work"
     home.mkdir(exist_ok=True)
     work.mkdir(exist_ok=True)
@@ -58,7 +58,7 @@ async def codex_exec(gw, tmp_path, model: str, prompt: str, extra: str = "") -> 
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "CODEX_HOME": str(home),
            "MODELWAY_API_KEY": KEY_A, "LANG": "C.UTF-8"}
     proc = await asyncio.create_subprocess_exec(
-        CODEX, "exec", "--strict-config", "--json", "--skip-git-repo-check", "-C", str(work), prompt,
+        CODEX, "exec", "--strict-config", "--json", "--skip-git-repo-check", "-C", str(work), *args,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
@@ -104,7 +104,7 @@ async def test_exec_command_round_trip_anthropic(gw, tmp_path, anthropic_fake, e
     back intact on the tool-result turn (the fake checks the signature)."""
     anthropic_fake.script[TRIGGER] = ("exec_command", {"cmd": f"echo {MARKER}"})
     extra = f'model_reasoning_effort = "{effort}"\n' if effort else ""
-    events = await codex_exec(gw, tmp_path, "claude", TRIGGER, extra)
+    events = await codex_exec(gw, tmp_path, "claude", TRIGGER, extra=extra)
     ran = items(events, "command_execution")
     assert ran and MARKER in ran[0]["aggregated_output"] and ran[0]["exit_code"] == 0
     last = anthropic_fake.last["messages"]
@@ -117,3 +117,19 @@ async def test_exec_command_round_trip_anthropic(gw, tmp_path, anthropic_fake, e
         assert anthropic_fake.last["thinking"]["type"] in ("enabled", "adaptive")
         assert anthropic_fake.verified_thinking and last[-2]["content"][0]["type"] == "thinking"
         assert items(events, "reasoning")
+
+
+async def test_resume_sends_the_history_back(gw, tmp_path, anthropic_fake):
+    """`codex exec resume --last`: the second run sends the first turn back as items (the call, its
+    output, the answer, the thinking as the gateway's encrypted_content), stateless (store false)."""
+    anthropic_fake.script[TRIGGER] = ("exec_command", {"cmd": f"echo {MARKER}"})
+    extra = 'model_reasoning_effort = "high"\n'
+    await codex_exec(gw, tmp_path, "claude", TRIGGER, extra=extra)
+    verified = len(anthropic_fake.verified_thinking)
+    events = await codex_exec(gw, tmp_path, "claude", "resume", "--last", "Thanks, all done?", extra=extra)
+    assert items(events, "agent_message")[-1]["text"].endswith("Thanks, all done?")
+    history = anthropic_fake.last["messages"]
+    kinds = [[b["type"] for b in m["content"]] for m in history]
+    assert kinds[1] == ["thinking", "tool_use"] and kinds[2] == ["tool_result"] and kinds[-1][-1] == "text"
+    assert MARKER in orjson.dumps(history[2]).decode()
+    assert len(anthropic_fake.verified_thinking) > verified       # the first turn's signature came back intact
