@@ -161,10 +161,16 @@ def _providers(r: _Reader, value: dict, warnings: list[str]) -> dict[str, Provid
 
 def _provider_options(r: _Reader, ptype: str, value: dict, path) -> dict:
     from proxy.providers import provider_class
-    spec = getattr(provider_class(ptype), "OPTIONS", {})
+    cls = provider_class(ptype)
+    spec = getattr(cls, "OPTIONS", {})
     if not spec and not value:
         return {}
-    return r.fields(value, path, spec) or {}
+    out = r.fields(value, path, spec) or {}
+    for name, choices in getattr(cls, "OPTION_CHOICES", {}).items():
+        if name in value and out.get(name) not in choices:
+            r.problem(path + (name,), f"must be one of {', '.join(choices)}, got {value[name]!r}")
+            out[name] = spec[name][1]
+    return out
 
 
 def _models(r: _Reader, value: dict, providers: dict, declared: set) -> dict[str, ModelRoute]:

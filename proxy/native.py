@@ -1,12 +1,14 @@
 """Each target gets its own form of the request: untranslated where its provider speaks the client's
 format, translated through Chat Completions otherwise.
 
-/v1/messages, /v1/messages/count_tokens and /v1/completions reach the middleware chain translated
+/v1/messages, /v1/messages/count_tokens, /v1/completions and /v1/responses reach the middleware
+chain translated
 to Chat Completions (so presets, the cache and accounting see one format), and keep the request
 as the client sent it under ctx.extra[NATIVE_BODY]. At the end of the chain (proxy.dispatch), per
 target, `handler(ctx, provider)` names the function that sends the native request to a provider
 that speaks it: a Claude target (`type: anthropic`) for the two Anthropic endpoints, an
-OpenAI-compatible one for legacy completions. Its reply is already in the client's format
+OpenAI-compatible one for legacy completions, and for the Responses API one whose options say
+`responses: native` (OPT_IN). Its reply is already in the client's format
 (ctx.extra[NATIVE_REPLY] is set), so the endpoint's reply adapter leaves it as it is. A route
 mixing target types works: each attempt sets the flag anew.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from proxy import tokencount
-from proxy.providers import anthropic_passthrough, openai_completions
+from proxy.providers import anthropic_passthrough, openai_completions, openai_responses
 
 if TYPE_CHECKING:
     from proxy.context import Reply, RequestContext
@@ -27,7 +29,8 @@ GATEWAY_FIELDS = ("preset", "cache", "models")
 #: a preset's params that mean the same in the endpoint's own format (applied to native requests)
 PRESET_PARAMS = {"messages": ("temperature", "top_p", "top_k", "max_tokens"),
                  "completions": ("temperature", "top_p", "max_tokens", "stop", "presence_penalty",
-                                 "frequency_penalty", "seed", "user", "logit_bias")}
+                                 "frequency_penalty", "seed", "user", "logit_bias"),
+                 "responses": ("temperature", "top_p")}
 
 NativeCall = Callable[["RequestContext", object, dict], Awaitable["Reply"]]
 HANDLERS: dict[tuple[str, str], NativeCall] = {
@@ -35,7 +38,10 @@ HANDLERS: dict[tuple[str, str], NativeCall] = {
     ("count_tokens", "anthropic"): anthropic_passthrough.count_tokens,
     ("count_tokens", "*"): tokencount.estimate_reply,
     ("completions", "openai"): openai_completions.passthrough,
+    ("responses", "openai"): openai_responses.passthrough,
 }
+#: endpoints a provider serves natively only when its options say so: endpoint -> (option, value)
+OPT_IN = {"responses": ("responses", "native")}
 
 
 def handler(ctx: "RequestContext", provider) -> NativeCall | None:
@@ -43,6 +49,9 @@ def handler(ctx: "RequestContext", provider) -> NativeCall | None:
     if NATIVE_BODY not in ctx.extra:
         return None
     endpoint = ctx.endpoint
+    opt_in = OPT_IN.get(endpoint)
+    if opt_in is not None and provider.config.options.get(opt_in[0]) != opt_in[1]:
+        return None
     return HANDLERS.get((endpoint, provider.type)) or HANDLERS.get((endpoint, "*"))
 
 
@@ -55,15 +64,23 @@ def body_for(ctx: "RequestContext", upstream_model: str) -> dict:
     body["model"] = upstream_model
     if ctx.preset and ctx.endpoint in PRESET_PARAMS:
         _apply_preset(body, ctx.state.config.presets[ctx.preset], ctx.endpoint)
+    effort = ctx.match.reasoning_effort if ctx.match is not None else None
+    if effort and ctx.endpoint == "responses":      # a :thinking suffix
+        reasoning = body.get("reasoning")
+        body["reasoning"] = {"effort": effort, **(reasoning if isinstance(reasoning, dict) else {})}
     return body
 
 
 def _apply_preset(body: dict, preset, endpoint: str) -> None:
-    """The request's own fields win; a system prompt goes first in Anthropic's `system` (a legacy
-    prompt has no place for one)."""
+    """The request's own fields win; a system prompt goes first in Anthropic's `system` or the
+    Responses `instructions` (a legacy prompt has no place for one)."""
     for name in PRESET_PARAMS[endpoint]:
         if name in preset.params and name not in body:
             body[name] = preset.params[name]
+    if preset.system and endpoint == "responses":
+        instructions = body.get("instructions")
+        body["instructions"] = preset.system + ("\n\n" + instructions if isinstance(instructions, str)
+                                                and instructions else "")
     if preset.system and endpoint == "messages":
         system = body.get("system")
         if not system:

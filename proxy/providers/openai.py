@@ -26,6 +26,9 @@ _ALL = {"vision": True, "tools": True, "structured_outputs": True, "reasoning": 
 class OpenAIProvider(HTTPProvider):
     type = "openai"
     default_capabilities = _ALL
+    #: responses: native forwards /v1/responses to the upstream's own /responses (proxy.native)
+    OPTIONS = {"responses": ("string", "translate")}
+    OPTION_CHOICES = {"responses": ("translate", "native")}
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}

@@ -3,7 +3,9 @@
 POST: the request is translated to a chat request before the chain (so auth, limits, presets,
 cache, accounting, routing and fallbacks see one format, and the ledger row says endpoint
 `responses`); the chat reply is translated back, plain or streamed, and stored when `store`
-is not false. GET / DELETE / input_items read the store, scoped to the calling key.
+is not false. The request as sent is kept for targets that take it natively (proxy.native; a
+provider with `responses: native`): their reply goes back as it came (forward.py), stored the
+same way. GET / DELETE / input_items read the store, scoped to the calling key.
 """
 from __future__ import annotations
 
@@ -14,8 +16,11 @@ import orjson
 
 from proxy.context import JSONReply, RequestContext, StreamReply
 from proxy.errors import GatewayError, InvalidRequest, NotFound, StateUnavailable
+from proxy.native import NATIVE_BODY, NATIVE_REPLY, UNTRANSLATABLE
 from proxy.validate import read_json
 from proxy.responses import reply as rp
+from proxy.responses.forward import forwarded
+from proxy.responses.items import input_items
 from proxy.responses.request import Translated, to_chat
 from proxy.responses.stream import ResponsesStream, encode
 from proxy.sse import split_events
@@ -28,10 +33,11 @@ DAY = 86400.0
 @dataclass(slots=True)
 class Pending:
     body: dict                 # the Responses request as sent
-    translated: Translated
+    translated: Translated | None      # None: only native targets can take it (UNTRANSLATABLE)
     store: bool
     include_encrypted: bool
     owner: str
+    items: list[dict]          # this request's input items (for input_items)
 
 
 def owner_of(ctx: RequestContext) -> str:
@@ -43,20 +49,30 @@ async def prepare(request, ctx: RequestContext) -> None:
     owner = owner_of(ctx)
     history: list[dict] = []
     previous = body.get("previous_response_id")
-    if isinstance(previous, str) and previous:
+    if isinstance(previous, str) and previous:      # native targets too: another key's id never goes upstream
         found = await ctx.gateway.responses.conversation(owner, previous)
         if found is None:
             raise NotFound(f"Previous response with id '{previous}' not found.", param="previous_response_id",
                            code="previous_response_not_found")
         history = found
-    translated = to_chat(body, history)
-    ctx.body = translated.chat
-    ctx.model = ctx.requested_model = translated.chat["model"]
+    try:
+        translated = to_chat(body, history)
+    except InvalidRequest as problem:
+        model = body.get("model")
+        if not isinstance(model, str) or not model or not isinstance(body.get("input"), (str, list)):
+            raise
+        ctx.extra[UNTRANSLATABLE] = problem      # a 400 only if a target that translates is reached
+        translated = None
+        ctx.body = {"model": model, "messages": [],
+                    **{k: body[k] for k in ("preset", "cache", "models") if k in body}}
+    else:
+        ctx.body = translated.chat
+    ctx.extra[NATIVE_BODY] = body
+    ctx.model = ctx.requested_model = ctx.body["model"]
     ctx.stream = ctx.include_usage = body.get("stream") is True
-    if translated.dropped:
-        ctx.response_headers[DROPPED_HEADER] = ",".join(translated.dropped)
+    items = translated.items if translated is not None else input_items(body["input"])
     ctx.extra["responses"] = Pending(body, translated, body.get("store") is not False,
-                                     "reasoning.encrypted_content" in (body.get("include") or ()), owner)
+                                     "reasoning.encrypted_content" in (body.get("include") or ()), owner, items)
 
 
 def wrap(endpoint: tuple) -> tuple:
@@ -71,6 +87,12 @@ def wrap(endpoint: tuple) -> tuple:
 
 async def translate(ctx: RequestContext, reply):
     pending: Pending = ctx.extra["responses"]
+    if ctx.extra.get(NATIVE_REPLY):
+        return await forwarded(ctx, reply, lambda response: _store(ctx, pending, response))
+    if pending.translated is None:       # not reached: such a request is refused before a translated call
+        raise ctx.extra[UNTRANSLATABLE]
+    if pending.translated.dropped:
+        ctx.response_headers[DROPPED_HEADER] = ",".join(pending.translated.dropped)
     model = ctx.match.public_model if ctx.match is not None else ctx.model
     response = rp.shell(pending.body, rp.new_id("resp"), model, pending.translated.dropped)
     if isinstance(reply, JSONReply):
@@ -112,7 +134,7 @@ async def _store(ctx: RequestContext, pending: Pending, response: dict) -> None:
     if not pending.store:
         return
     items = [item if item.get("id") else {"id": rp.new_id(ITEM_PREFIXES.get(item.get("type"), "item")), **item}
-             for item in pending.translated.items]
+             for item in pending.items]
     ttl = ctx.state.config.responses.retention_days * DAY
     try:
         await ctx.gateway.responses.put(pending.owner, response, items, ttl)

@@ -8,6 +8,7 @@ The binary is MODELWAY_CODEX, else `codex` on PATH, else .ci/node's; without one
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import pathlib
 import shutil
@@ -133,3 +134,27 @@ async def test_resume_sends_the_history_back(gw, tmp_path, anthropic_fake):
     assert kinds[1] == ["thinking", "tool_use"] and kinds[2] == ["tool_result"] and kinds[-1][-1] == "text"
     assert MARKER in orjson.dumps(history[2]).decode()
     assert len(anthropic_fake.verified_thinking) > verified       # the first turn's signature came back intact
+
+
+NATIVE = """
+server: {{data_dir: "{data_dir}"}}
+providers:
+  native: {{type: openai, base_url: "{openai}", options: {{responses: native}}}}
+models:
+  "nat/*": {{targets: [{{provider: native}}]}}
+keys: [{{label: a, sha256: "{a}"}}]
+"""
+
+
+async def test_native_mode_forwards_codex_requests_as_sent(make_gateway, fake_openai, tmp_path):
+    """With `responses: native`, Codex's request reaches the upstream's /responses untouched
+    (web_search with it, store false, encrypted reasoning asked for); the answer comes back."""
+    gw = await make_gateway(NATIVE.format(data_dir=tmp_path / "var", openai=fake_openai.url,
+                                          a=hashlib.sha256(KEY_A.encode()).hexdigest()))
+    events = await codex_exec(gw, tmp_path, "nat/gpt-5-codex", "Say hello natively")
+    assert items(events, "agent_message")[-1]["text"].endswith("Say hello natively")
+    sent = fake_openai.last
+    assert sent["path"] == "/v1/responses" and sent["json"]["model"] == "gpt-5-codex"
+    assert sent["json"]["store"] is False and sent["json"]["stream"] is True
+    assert any(t["type"] == "web_search" for t in sent["json"]["tools"])
+    assert {"include", "prompt_cache_key", "client_metadata"} <= set(sent["json"])

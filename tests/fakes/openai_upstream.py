@@ -23,11 +23,13 @@ Behaviour is chosen by the upstream model name the gateway sends:
 A request whose `response_format` is a `json_schema` is answered with JSON content that
 matches the schema (non-streaming and streaming), so `client.beta.chat.completions.parse`
 works through the pass-through.
+`POST /v1/responses` answers as OpenAI's Responses API does (tests/fakes/openai_responses.py).
 """
 from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import hashlib
 import itertools
 import pathlib
@@ -36,7 +38,7 @@ import time
 import orjson
 from aiohttp import web
 
-from tests.fakes import serve_loopback
+from tests.fakes import openai_responses, serve_loopback
 from tests.fakes.answers import asks_for_tool, attachments_note, cities_in, sample, scripted, split, tokens
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures" / "openai"
@@ -62,6 +64,8 @@ class FakeOpenAI:
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/v1/embeddings", self.embeddings)
         self.app.router.add_post("/v1/completions", self.completions)
+        self.app.router.add_post("/v1/responses", functools.partial(openai_responses.handle, self))
+        self.responses_sent: list[list[bytes]] = []    # the exact events of each streamed /v1/responses answer
 
     @property
     def last(self) -> dict:
