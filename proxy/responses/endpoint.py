@@ -20,7 +20,7 @@ from proxy.native import NATIVE_BODY, NATIVE_REPLY, UNTRANSLATABLE
 from proxy.validate import read_json
 from proxy.responses import reply as rp
 from proxy.responses.forward import forwarded
-from proxy.responses.items import input_items
+from proxy.responses.items import decode_reasoning, input_items
 from proxy.responses.request import Translated, to_chat
 from proxy.responses.stream import ResponsesStream, encode
 from proxy.sse import split_events
@@ -28,6 +28,7 @@ from proxy.sse import split_events
 DROPPED_HEADER = "x-modelway-dropped-tools"
 ITEM_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
 DAY = 86400.0
+MAX_REASONING_LOOKUPS = 64      # stored responses read per request for reasoning items sent back by id
 
 
 @dataclass(slots=True)
@@ -56,7 +57,7 @@ async def prepare(request, ctx: RequestContext) -> None:
                            code="previous_response_not_found")
         history = found
     try:
-        translated = to_chat(body, history)
+        translated = to_chat(await _with_stored_reasoning(ctx, owner, body), history)
     except InvalidRequest as problem:
         model = body.get("model")
         if not isinstance(model, str) or not model or not isinstance(body.get("input"), (str, list)):
@@ -73,6 +74,35 @@ async def prepare(request, ctx: RequestContext) -> None:
     items = translated.items if translated is not None else input_items(body["input"])
     ctx.extra["responses"] = Pending(body, translated, body.get("store") is not False,
                                      "reasoning.encrypted_content" in (body.get("include") or ()), owner, items)
+
+
+async def _with_stored_reasoning(ctx: RequestContext, owner: str, body: dict) -> dict:
+    """`body` with the encrypted_content of reasoning items sent back by id alone (stateful
+    clients: the agents SDK, LangChain) filled in from the key's stored responses, as OpenAI
+    does; the item id names its response (reply.reasoning_id)."""
+    items = body.get("input")
+    if not isinstance(items, list):
+        return body
+    wanted: dict[str, str] = {}          # item id -> response id
+    for item in items:
+        if isinstance(item, dict) and item.get("type") == "reasoning" and isinstance(item.get("id"), str) \
+                and decode_reasoning(item.get("encrypted_content")) is None:
+            response_id = rp.response_of(item["id"])
+            if response_id is not None:
+                wanted[item["id"]] = response_id
+    if not wanted:
+        return body
+    found: dict[str, str] = {}
+    for response_id in list(dict.fromkeys(wanted.values()))[:MAX_REASONING_LOOKUPS]:
+        stored = await ctx.gateway.responses.get(owner, response_id)
+        for out in (stored or {}).get("output") or ():
+            if out.get("id") in wanted and isinstance(out.get("encrypted_content"), str):
+                found[out["id"]] = out["encrypted_content"]
+    if not found:
+        return body
+    return {**body, "input": [{**i, "encrypted_content": found[i["id"]]} if isinstance(i, dict)
+                              and i.get("type") == "reasoning" and isinstance(i.get("id"), str)
+                              and i["id"] in found else i for i in items]}
 
 
 def wrap(endpoint: tuple) -> tuple:

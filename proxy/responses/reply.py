@@ -27,13 +27,25 @@ import orjson
 
 from proxy.responses.items import encode_reasoning
 
-__all__ = ["new_id", "shell", "output_items", "finish", "usage", "status_of", "merge_details", "public"]
+__all__ = ["new_id", "reasoning_id", "response_of", "shell", "output_items", "finish", "usage", "status_of", "merge_details", "public"]
 
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(24)}"
+
+
+def reasoning_id(response_id: str, index: int) -> str:
+    """A reasoning item's id names its response (rs_<response hex>_<output index>), so an item
+    sent back by id alone is found in the stored response (proxy/responses/endpoint.py)."""
+    return f"rs_{response_id.removeprefix('resp_')}_{index}"
+
+
+def response_of(item_id: str) -> str | None:
+    """The id of the response a gateway-made reasoning item id names, or None."""
+    base, sep, index = item_id[3:].rpartition("_") if item_id.startswith("rs_") else ("", "", "")
+    return f"resp_{base}" if sep and base and index.isdigit() else None
 
 
 def shell(body: dict, response_id: str, model: str, dropped: tuple[str, ...] = ()) -> dict:
@@ -117,12 +129,12 @@ def custom_input(arguments: str) -> str:
     return parsed.get("input", "") if isinstance(parsed, dict) and isinstance(parsed.get("input"), str) else arguments
 
 
-def output_items(message: dict, names: dict, status: str = "completed") -> list[dict]:
+def output_items(message: dict, names: dict, status: str = "completed", response_id: str = "") -> list[dict]:
     items: list[dict] = []
     details = merge_details(message.get("reasoning_details") or [])
     text = reasoning_text(message)
     if text or details:
-        items.append(reasoning_item(new_id("rs"), text, details))
+        items.append(reasoning_item(reasoning_id(response_id, 0) if response_id else new_id("rs"), text, details))
     content = message.get("content")
     if isinstance(content, list):
         content = "".join(p.get("text") or "" for p in content if isinstance(p, dict))
@@ -171,7 +183,7 @@ def from_completion(response: dict, completion: dict, names: dict, cost: float |
     choice = (completion.get("choices") or [{}])[0]
     finish_reason = choice.get("finish_reason")
     status = "incomplete" if finish_reason in INCOMPLETE else "completed"
-    items = output_items(choice.get("message") or {}, names, status)
+    items = output_items(choice.get("message") or {}, names, status, response.get("id") or "")
     return finish(response, items, finish_reason, usage(completion.get("usage"), cost))
 
 

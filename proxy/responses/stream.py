@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from proxy.responses.reply import (INCOMPLETE, call_item, finish, merge_details, message_item, new_id,
-                                   reasoning_item, usage)
+                                   reasoning_id, reasoning_item, usage)
 
 __all__ = ["ResponsesStream", "encode"]
 
@@ -142,7 +142,9 @@ class ResponsesStream:
 
     def _open(self, kind: str, prefix: str, events: list[Event]) -> _Item:
         self._close(events)
-        item = self.open = _Item(kind, len(self.output), new_id(prefix))
+        index = len(self.output)
+        item_id = reasoning_id(self.response["id"], index) if kind == "reasoning" else new_id(prefix)
+        item = self.open = _Item(kind, index, item_id)
         self.output.append({})          # its slot, filled when it closes
         return item
 

@@ -62,3 +62,17 @@ async def test_with_structured_output(gw, model, method):
     llm = chat_model(gw, model).with_structured_output(Weather, method=method)
     out = await llm.ainvoke("The weather in Rome, as structured data.")
     assert isinstance(out, Weather) and out.conditions in ("sunny", "cloudy", "rain")
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_reasoning_with_tools(gw, model, anthropic_fake):
+    """Reasoning on, tools bound: the reasoning item goes back by id; Claude's thinking with it."""
+    llm = chat_model(gw, model, reasoning={"effort": "low", "summary": "auto"}).bind_tools([get_weather])
+    history = [HumanMessage("What is the weather in Lisbon? Use the get_weather tool.")]
+    first = await llm.ainvoke(history)
+    call = first.tool_calls[0]
+    history += [first, ToolMessage(REPORT, tool_call_id=call["id"])]
+    final = await llm.ainvoke(history)
+    assert final.text and not final.tool_calls
+    if model == "claude":
+        assert anthropic_fake.verified_thinking and REPORT in final.text

@@ -4,7 +4,8 @@ mock, the fake OpenAI upstream and the fake Anthropic upstream. Tracing export i
 from __future__ import annotations
 
 import pytest
-from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+from openai.types.shared import Reasoning
 
 from tests.clients.conftest import MODELS
 
@@ -12,7 +13,7 @@ set_tracing_disabled(True)
 REPORT = "weather-report-5c1e: sunny, 21C"
 
 
-def weather_agent(sdk, model: str, calls: list[str]) -> Agent:
+def weather_agent(sdk, model: str, calls: list[str], **settings) -> Agent:
     @function_tool
     def get_weather(city: str) -> str:
         """Current weather for a city."""
@@ -20,7 +21,7 @@ def weather_agent(sdk, model: str, calls: list[str]) -> Agent:
         return REPORT
 
     return Agent(name="forecaster", instructions="Use get_weather to answer.", tools=[get_weather],
-                 model=OpenAIResponsesModel(model=model, openai_client=sdk))
+                 model=OpenAIResponsesModel(model=model, openai_client=sdk), model_settings=ModelSettings(**settings))
 
 
 async def assert_tool_output_reached_model(sdk, response_id: str) -> None:
@@ -55,3 +56,18 @@ async def test_runner_run_streamed_with_function_tool(sdk, model):
     await assert_tool_output_reached_model(sdk, result.last_response_id)
     if model != "mock-echo":
         assert REPORT in result.final_output
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_reasoning_with_tools(sdk, model, anthropic_fake):
+    """The SDK sends reasoning items back by id (no encrypted_content): Claude's thinking must
+    still reach the tool-result turn (the fake checks the signature)."""
+    calls: list[str] = []
+    agent = weather_agent(sdk, model, calls, reasoning=Reasoning(effort="low", summary="auto"))
+    result = await Runner.run(agent, "What is the weather in Lisbon?")
+    assert calls and "Lisbon" in calls[0] and result.final_output
+    if model == "claude":
+        assert "reasoning_item" in [i.type for i in result.new_items]
+        assert anthropic_fake.verified_thinking
+    follow = await Runner.run(agent, "And tomorrow?", previous_response_id=result.last_response_id)
+    assert follow.final_output
