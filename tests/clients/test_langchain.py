@@ -76,3 +76,20 @@ async def test_reasoning_with_tools(gw, model, anthropic_fake):
     assert final.text and not final.tool_calls
     if model == "claude":
         assert anthropic_fake.verified_thinking and REPORT in final.text
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_use_previous_response_id(gw, sdk, model):
+    """`use_previous_response_id=True`: only the messages after the last AI message are sent,
+    with previous_response_id; the gateway rebuilds the conversation from its store."""
+    llm = chat_model(gw, model, use_previous_response_id=True).bind_tools([get_weather])
+    history = [HumanMessage("What is the weather in Madrid? Use the get_weather tool.")]
+    first = await llm.ainvoke(history)
+    history += [first, ToolMessage(REPORT, tool_call_id=first.tool_calls[0]["id"])]
+    final = await llm.ainvoke(history)
+    stored = await sdk.responses.retrieve(final.response_metadata["id"])
+    assert stored.previous_response_id == first.response_metadata["id"]
+    sent = await sdk.responses.input_items.list(stored.id)
+    assert [i.type for i in sent.data] == ["function_call_output"]     # only what followed the AI message
+    if model != "mock-echo":
+        assert REPORT in final.text

@@ -3,9 +3,12 @@ the gateway's /v1/responses, plain (`Runner.run`) and streamed (`Runner.run_stre
 mock, the fake OpenAI upstream and the fake Anthropic upstream. Tracing export is disabled."""
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
 from openai.types.shared import Reasoning
+from pydantic import BaseModel
 
 from tests.clients.conftest import MODELS
 
@@ -71,3 +74,17 @@ async def test_reasoning_with_tools(sdk, model, anthropic_fake):
         assert anthropic_fake.verified_thinking
     follow = await Runner.run(agent, "And tomorrow?", previous_response_id=result.last_response_id)
     assert follow.final_output
+
+
+class Weather(BaseModel):
+    city: str
+    temperature_c: float
+    conditions: Literal["sunny", "cloudy", "rain"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_structured_output_type(sdk, model):
+    agent = Agent(name="forecaster", instructions="Answer with the weather.", output_type=Weather,
+                  model=OpenAIResponsesModel(model=model, openai_client=sdk))
+    result = await Runner.run(agent, "The weather in Berlin")
+    assert isinstance(result.final_output, Weather)

@@ -3,10 +3,13 @@
 fake Anthropic upstream. No instrumentation is configured (nothing is exported)."""
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
-from pydantic_ai import Agent
+from pydantic import BaseModel
+from pydantic_ai import Agent, NativeOutput
 from pydantic_ai.messages import ToolReturnPart
-from pydantic_ai.models.openai import OpenAIResponsesModel
+from pydantic_ai.models.openai import OpenAIResponsesModel, OpenAIResponsesModelSettings
 from pydantic_ai.providers.openai import OpenAIProvider
 
 from tests.clients.conftest import MODELS
@@ -14,9 +17,19 @@ from tests.clients.conftest import MODELS
 REPORT = "weather-report-2a7f: cloudy, 17C"
 
 
-def weather_agent(sdk, model: str, calls: list[str]) -> Agent:
-    agent = Agent(OpenAIResponsesModel(model, provider=OpenAIProvider(openai_client=sdk)),
-                  instructions="Use get_weather to answer.")
+class Weather(BaseModel):
+    city: str
+    temperature_c: float
+    conditions: Literal["sunny", "cloudy", "rain"]
+
+
+def responses_model(sdk, model: str) -> OpenAIResponsesModel:
+    return OpenAIResponsesModel(model, provider=OpenAIProvider(openai_client=sdk))
+
+
+def weather_agent(sdk, model: str, calls: list[str], **settings) -> Agent:
+    agent = Agent(responses_model(sdk, model), instructions="Use get_weather to answer.",
+                  model_settings=OpenAIResponsesModelSettings(**settings))
 
     @agent.tool_plain
     def get_weather(city: str) -> str:
@@ -55,3 +68,23 @@ async def test_agent_run_stream_events_with_tool(sdk, model):
     assert isinstance(text, str) and text
     if model != "mock-echo":
         assert REPORT in text
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_native_structured_output(sdk, model):
+    result = await Agent(responses_model(sdk, model), output_type=NativeOutput(Weather)).run("Weather in Paris")
+    assert isinstance(result.output, Weather)
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_reasoning_with_tool(sdk, model, anthropic_fake):
+    """pydantic-ai sends reasoning back by id only when told to (`openai_send_reasoning_ids`: its
+    profile of a model name it does not know otherwise replays thinking as text); the gateway
+    finds it in the stored response, so Claude's signed thinking reaches the tool-result turn."""
+    calls: list[str] = []
+    agent = weather_agent(sdk, model, calls, openai_reasoning_effort="low", openai_reasoning_summary="detailed",
+                          openai_send_reasoning_ids=True)
+    result = await agent.run("What is the weather in Rome?")
+    assert calls and "Rome" in calls[0] and result.output
+    if model == "claude":
+        assert anthropic_fake.verified_thinking and REPORT in result.output
