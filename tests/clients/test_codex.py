@@ -12,6 +12,8 @@ import hashlib
 import os
 import pathlib
 import shutil
+import struct
+import zlib
 
 import orjson
 import pytest
@@ -134,6 +136,25 @@ async def test_resume_sends_the_history_back(gw, tmp_path, anthropic_fake):
     assert kinds[1] == ["thinking", "tool_use"] and kinds[2] == ["tool_result"] and kinds[-1][-1] == "text"
     assert MARKER in orjson.dumps(history[2]).decode()
     assert len(anthropic_fake.verified_thinking) > verified       # the first turn's signature came back intact
+
+
+def write_png(path: pathlib.Path) -> None:
+    """A 4x4 red PNG."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = b"".join(b"\x00" + b"\xff\x00\x00" * 4 for _ in range(4))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+async def test_image_attachment(gw, tmp_path, fake_openai):
+    """`codex exec -i picture.png`: an input_image item part reaches the model as an image_url."""
+    write_png(tmp_path / "red.png")
+    events = await codex_exec(gw, tmp_path, "up/smart-codex", "Describe the image", "-i", str(tmp_path / "red.png"))
+    assert "[images=1 documents=0]" in items(events, "agent_message")[-1]["text"]
+    parts = fake_openai.last["json"]["messages"][-1]["content"]
+    image = next(p for p in parts if p["type"] == "image_url")
+    assert image["image_url"]["url"].startswith("data:image/png;base64,")
 
 
 NATIVE = """
