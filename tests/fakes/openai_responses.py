@@ -5,7 +5,8 @@ Answers like the real API: a response object, or its events (`event: <type>` + `
 and a text holding "search" add a `web_search_call` item first (a built-in tool the gateway's
 translation cannot run); `include: ["reasoning.encrypted_content"]` with `reasoning` adds a
 reasoning item with opaque `encrypted_content` first. Model `fail-<status>` answers that status;
-`broken` cuts the stream after three events. `responses_sent` keeps the exact bytes of each
+`broken` cuts the stream after three events; `failing` sends `error` then `response.failed` after
+them. `responses_sent` keeps the exact bytes of each
 streamed answer.
 """
 from __future__ import annotations
@@ -99,7 +100,13 @@ async def handle(fake, request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     sent = []
     fake.responses_sent.append(sent)
-    for n, event in enumerate(events(response)):
+    stream = events(response)
+    if model == "failing":
+        failed = {**response, "status": "failed", "output": [], "error": {"code": "server_error", "message": "boom"}}
+        stream = stream[:3] + [{"type": "error", "code": "server_error", "message": "boom", "param": None,
+                                "sequence_number": 3},
+                               {"type": "response.failed", "response": failed, "sequence_number": 4}]
+    for n, event in enumerate(stream):
         if model == "broken" and n == 3:
             request.transport.close()
             return resp

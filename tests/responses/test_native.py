@@ -24,7 +24,7 @@ providers:
            timeouts: {{connect: 2, first_byte: 5, idle: 5, total: 20}}}}
   up: {{type: openai, base_url: "{openai}"}}
 models:
-  "nat/*": {{targets: [{{provider: native}}], retries: 0, pricing: {{input: 1, output: 2}}}}
+  "nat/*": {{targets: [{{provider: native}}], retries: 0, pricing: {{input: 1, output: 2}}, cache: true}}
   "up/*": {{targets: [{{provider: up}}], retries: 0}}
   mixed: {{targets: [{{provider: native, model: fail-500}}, {{provider: up, model: smart-4o}}], retries: 0}}
 presets:
@@ -130,6 +130,15 @@ async def test_stream_cut_midway_ends_with_an_error_event(gw, http):
     assert row["status"] == 502 and row["partial"] == 1
 
 
+async def test_upstream_failure_event_is_forwarded_and_recorded(gw, http, fake_openai):
+    async with http.post(gw.url + "/v1/responses", json={"model": "nat/failing", "input": "hi", "stream": True},
+                         headers=AUTH) as resp:
+        raw = await resp.read()
+    assert raw == b"".join(fake_openai.responses_sent[-1]) and b"event: response.failed" in raw
+    row = await ledger_row(gw, resp.headers["x-request-id"])
+    assert row["status"] == 502 and row["partial"] == 1 and row["error_type"] == "provider_error"
+
+
 async def test_preset_applies_to_native_requests(client, fake_openai):
     r = await client.responses.create(model="presets/terse", input="hi", instructions="Answer in French.")
     sent = fake_openai.last
@@ -177,3 +186,13 @@ def test_option_default_is_translate():
     cfg = parse_config("providers: {p: {type: openai, options: {responses: native}}, q: {type: openai}}\n")
     assert cfg.providers["p"].options["responses"] == "native"
     assert cfg.providers["q"].options.get("responses", "translate") == "translate"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_native_answers_are_not_cached(gw, http, fake_openai, stream):
+    body = {"model": "nat/gpt-5", "input": "same question", "stream": stream}
+    for _ in range(2):
+        async with http.post(gw.url + "/v1/responses", json=body, headers=AUTH) as resp:
+            assert resp.status == 200 and resp.headers["x-cache"] == "MISS"
+            await resp.read()
+    assert [r["json"]["input"] for r in fake_openai.requests] == ["same question"] * 2
