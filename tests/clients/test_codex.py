@@ -3,7 +3,8 @@
 Codex speaks only the Responses API, streamed, with store false, encrypted reasoning asked for,
 developer/user message items, function tools, a namespace tool and web_search. Each test runs the
 real binary with a fresh CODEX_HOME whose config.toml (checked with --strict-config) names one
-model provider, the gateway, with no sandbox, no update checks, no analytics and no other network.
+model provider, the gateway, with no sandbox, no update checks, no analytics and no feature that
+reaches another host (checked with strace: its only connection is to the gateway).
 The binary is MODELWAY_CODEX, else `codex` on PATH, else .ci/node's; without one the tests skip."""
 from __future__ import annotations
 
@@ -49,6 +50,17 @@ enabled = false
 
 [otel]
 exporter = "none"
+
+# the features that reach other hosts (plugin marketplace sync from github.com, apps and model
+# discovery on chatgpt.com): off, so the CLI connects to the gateway and nothing else
+[features]
+plugins = false
+remote_plugin = false
+plugin_sharing = false
+apps = false
+api_key_model_discovery = false
+in_app_updates = false
+tool_suggest = false
 """
 
 
