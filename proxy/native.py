@@ -2,13 +2,12 @@
 format, translated through Chat Completions otherwise.
 
 /v1/messages, /v1/messages/count_tokens, /v1/completions and /v1/responses reach the middleware
-chain translated
-to Chat Completions (so presets, the cache and accounting see one format), and keep the request
-as the client sent it under ctx.extra[NATIVE_BODY]. At the end of the chain (proxy.dispatch), per
-target, `handler(ctx, provider)` names the function that sends the native request to a provider
-that speaks it: a Claude target (`type: anthropic`) for the two Anthropic endpoints, an
-OpenAI-compatible one for legacy completions, and for the Responses API one whose options say
-`responses: native` (OPT_IN). Its reply is already in the client's format
+chain translated to Chat Completions (so presets, the cache and accounting see one format), and
+keep the request as the client sent it under ctx.extra[NATIVE_BODY]. At the end of the chain
+(proxy.dispatch), per target, `handler(ctx, provider)` names the function that sends the native
+request to a provider that speaks it: a Claude target (`type: anthropic`) for the two Anthropic
+endpoints, an OpenAI-compatible one for legacy completions and, when its options say
+`responses: native` (OPT_IN), for the Responses API. Its reply is already in the client's format
 (ctx.extra[NATIVE_REPLY] is set), so the endpoint's reply adapter leaves it as it is. A route
 mixing target types works: each attempt sets the flag anew.
 """

@@ -27,7 +27,8 @@ import orjson
 
 from proxy.responses.items import encode_reasoning
 
-__all__ = ["new_id", "reasoning_id", "response_of", "shell", "output_items", "finish", "usage", "status_of", "merge_details", "public"]
+__all__ = ["new_id", "reasoning_id", "response_of", "shell", "output_items", "finish", "usage", "status_of",
+           "merge_details", "public"]
 
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
