@@ -1,7 +1,8 @@
 """Rate limits and budgets per key, enforced before the upstream is called and exact across
-every worker process of the machine: one atomic `admit` on the key's record in the shared
-counters (proxy.store.limits over proxy.store.counters) checks them all, and a refused request
-changes nothing.
+every worker process of the machine — or, with `state.redis`, of every node: one atomic `admit`
+(proxy.store.limits) on the key's record checks them all, and a refused request changes
+nothing. The record is kept by a LimitStore (proxy.store.limitstore): the mmap'd counters of
+the machine (proxy.store.counters) or Redis (proxy.state.limits, one round trip, awaited).
 
 - `minute_limit`: requests per minute, GCRA (bursts up to the limit, then one every 60/limit s)
   on the inference endpoints (chat, messages, embeddings). Every inference response of a
@@ -43,7 +44,7 @@ LIMIT_MINUTE, REMAINING_MINUTE, RESET_MINUTE = map(istr, ("X-RateLimit-Limit-Min
                                                           "X-RateLimit-Reset-Minute"))
 SECONDS = tuple(map(str, range(61)))   # header values of a reset or retry time (1..60 s)
 UNCOUNTED = "modelway_limits_uncounted_total"
-HELD = "limits_held"                   # ctx.extra: (reserved micro-USD, holds an in-flight slot)
+HELD = "limits_held"                   # ctx.extra: the admitted request's hold (LimitStore.release)
 
 
 def seconds_to_utc_midnight(now: float | None = None) -> int:
@@ -82,35 +83,52 @@ class RateLimit(Middleware):
     def _seed_static(self, key_id: str, balance: float) -> None:
         """Seed a static key's remaining balance: routes.yaml's minus its ledger spend. The
         ledger is read (blocking, at config load) only when the balance in routes.yaml changed."""
-        stamp = static_stamp(balance)
-        left = micro_limit(balance)
-        if self.counters.stamp(key_id) != stamp:
-            spent = self.gateway.db.call(query_balance, key_id, None).get("total_spent") or 0.0
-            left -= micro(spent)
-            self.counters.seed(key_id, stamp, left)
-        self.static_seeds[key_id] = stamp, left
+        stamp, full = static_stamp(balance), micro_limit(balance)
 
-    def before(self, ctx) -> None:
+        def left() -> int:
+            spent = self.gateway.db.call(query_balance, key_id, None).get("total_spent") or 0.0
+            return full - micro(spent)
+        self.counters.seed_static(key_id, stamp, left)
+        self.static_seeds[key_id] = stamp, full
+
+    def before(self, ctx):
         key = ctx.key
         if key is None or key.management or ctx.endpoint not in INFERENCE_ENDPOINTS:
             # /v1/models and /v1/account/* neither use up nor are refused by a key's limits:
             # a limited key can always check its balance and activity
-            return
+            return None
         limit, concurrent, daily, balance = key.minute_limit, key.max_concurrent, key.daily_limit, key.balance
         money = daily is not None or balance is not None
         if limit is None and concurrent is None and not money:
-            return
+            return None
         reserve = stamp = left = 0
         if money:
             reserve = reservation_micro(ctx)
             if balance is not None:
                 stamp, left = self.static_seeds.get(key.id) or self._managed_seed(ctx, key)
         try:
-            code, remaining, wait = self.counters.admit(key.id, ctx.created, limit, concurrent, reserve,
-                                                        None if daily is None else micro_limit(daily), stamp, left)
+            verdict = self.counters.acquire(key.id, ctx.created, limit, concurrent, reserve,
+                                            None if daily is None else micro_limit(daily), stamp, left)
         except CountersFull:
             self.gateway.metrics.inc(UNCOUNTED, ())
             raise
+        if type(verdict) is not tuple:      # the storage needs a round trip (shared limits)
+            return self._verdict_later(ctx, key, verdict, reserve)
+        self._verdict(ctx, key, verdict, reserve)
+        return None
+
+    async def _verdict_later(self, ctx, key, pending, reserve: int) -> None:
+        try:
+            verdict = await pending
+        except CountersFull:
+            self.gateway.metrics.inc(UNCOUNTED, ())
+            raise
+        self._verdict(ctx, key, verdict, reserve)
+
+    def _verdict(self, ctx, key, verdict: tuple, reserve: int) -> None:
+        """Headers of the minute limit; the hold to release when the request is over, or the 429."""
+        code, remaining, wait, hold = verdict
+        limit = key.minute_limit
         if limit is not None:
             reset = min(60, max(1, -(-wait // 1_000_000)))
             headers = ctx.response_headers
@@ -118,8 +136,8 @@ class RateLimit(Middleware):
             headers[REMAINING_MINUTE] = str(remaining)
             headers[RESET_MINUTE] = SECONDS[reset]
         if code is None:
-            if money or concurrent is not None:
-                ctx.extra[HELD] = reserve, concurrent is not None
+            if hold is not None:
+                ctx.extra[HELD] = hold
             return
         raise self._refusal(code, key, wait, reserve)
 
@@ -169,8 +187,7 @@ class RateLimit(Middleware):
             return
         held = ctx.extra.get(HELD)
         if held is not None:
-            reserve, concurrency = held
-            self.counters.settle(key.id, ctx.created, reserve, micro(ctx.cost) if ctx.cost else 0, concurrency)
+            self.counters.release(key.id, ctx.created, held, micro(ctx.cost) if ctx.cost else 0)
         elif ctx.cost:
             # a key without a money limit: nothing reads its spend before the next flush (a
             # daily limit set later still sees it)

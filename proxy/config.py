@@ -174,6 +174,7 @@ class StateConfig:
     database: str | None = field(default=None, repr=False)   # postgresql:// URL (may hold a password)
     redis_timeout_ms: float = 50.0        # every Redis call (hot path)
     database_timeout_ms: float = 1000.0   # every PostgreSQL call
+    lease_seconds: float = 30.0           # a dead node's requests in flight / reservations outlive it this long
 
     @property
     def shared(self) -> bool:

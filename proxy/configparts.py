@@ -47,7 +47,7 @@ AUTH = {"mode": (STR, "keys")}
 RESPONSES = {"retention_days": (POSITIVE, 30.0)}
 LEDGER = {"retention_days": (COUNT, 90, True)}
 STATE = {"redis": (STR, None, True), "database": (STR, None, True), "redis_timeout_ms": (POSITIVE, 50.0),
-         "database_timeout_ms": (POSITIVE, 1000.0)}
+         "database_timeout_ms": (POSITIVE, 1000.0), "lease_seconds": (POSITIVE, 30.0)}
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 

@@ -133,9 +133,9 @@ class Gateway:
 
     async def _open_services(self) -> None:
         """Storage that lives as long as the process, shared by middlewares and endpoints:
-        one SQLite database (ledger + managed keys, in its own thread), the shared counters
-        file, per-worker metrics snapshots; the stores picked per kind (proxy/state/stores.py)."""
-        from proxy.store.counters import SharedCounters
+        one SQLite database (ledger + managed keys, in its own thread), per-worker metrics
+        snapshots; the stores picked per kind (proxy/state/stores.py: the limit counters, the
+        response cache, cooldowns, stored responses)."""
         from proxy.store.db import Database
         from proxy.store.keys import KeyStore
         from proxy.store.ledger import LedgerWriter
@@ -145,12 +145,12 @@ class Gateway:
         self.metrics = Metrics(self.data_dir)
         self.ledger = LedgerWriter(self.db, metrics=self.metrics, retention_days=self.config.ledger.retention_days)
         self.keys = KeyStore(self.db)
-        self.counters = SharedCounters.in_dir(self.data_dir)
         await self.ledger.start()
         await self.keys.start()
         self.stores = await open_stores(self.config, self.data_dir, self.db, self.metrics)   # embedded or shared
         self.responses, self.cooldowns = self.stores.responses, self.stores.cooldowns
         self.response_cache = self.stores.response_cache
+        self.counters = self.stores.limits      # the per-key limits (LimitStore): data_dir's counters or Redis
         await self.metrics.start()
         self._spend_flusher = asyncio.ensure_future(self._flush_spend())
 
@@ -159,7 +159,9 @@ class Gateway:
         from proxy.store.counters import SPEND_FLUSH_SECONDS
         while True:
             await asyncio.sleep(SPEND_FLUSH_SECONDS)
-            self.counters.flush_spend()
+            flushing = self.counters.flush_spend()
+            if flushing is not None:
+                await flushing
 
     def cut_requests(self) -> None:
         """At the drain deadline: every API request still in flight ends cleanly, a stream with
@@ -180,7 +182,6 @@ class Gateway:
         await self.keys.close()
         await self.ledger.close()          # flushes every queued ledger row
         await self.metrics.close()
-        await self.stores.close()          # the response cache writes what is pending
         await stop_task(self._spend_flusher)
-        self.counters.close()             # flushes this process's pending spend
+        await self.stores.close()          # the response cache and the counters write what is pending
         await self.db.aclose()

@@ -3,6 +3,8 @@ start — the shape of Django's cache backends: callers (middlewares, handlers) 
 interface, the table below says what is behind it.
 
     kind               interface                          embedded (one VM)             shared
+    limits, spend,     proxy.store.limitstore.LimitStore  SharedCounters (data_dir)     RedisLimits (Redis)
+    concurrency
     cooldowns          proxy.health.Health                LocalHealth                   RedisHealth (Redis)
     response cache     proxy.response_cache.CacheBackend  ResponseCache (data_dir)      RedisResponseCache (Redis)
     stored responses   proxy.store.responses.ResponseStore SQLiteResponses (data_dir)   PostgresResponses (PostgreSQL)
@@ -20,6 +22,7 @@ Gateway._open_services); they are listed so `modelway check` can say what a node
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,9 +42,10 @@ class Kind:
 
 
 KINDS: tuple[Kind, ...] = (
-    Kind("limits", "limits", "redis"),
-    Kind("spend", "spend", "redis"),
-    Kind("concurrency", "concurrency", "redis"),
+    # one store counts all three (proxy.store.limitstore): a key's limits are one record
+    Kind("limits", "limits", "redis", "proxy.store.counters:SharedCounters", "proxy.state.limits:RedisLimits"),
+    Kind("spend", "limits", "redis", "proxy.store.counters:SharedCounters", "proxy.state.limits:RedisLimits"),
+    Kind("concurrency", "limits", "redis", "proxy.store.counters:SharedCounters", "proxy.state.limits:RedisLimits"),
     Kind("cooldowns", "cooldowns", "redis", "proxy.health:LocalHealth", "proxy.state.cooldowns:RedisHealth"),
     Kind("response cache", "response_cache", "redis", "proxy.response_cache:ResponseCache",
          "proxy.state.response_cache:RedisResponseCache"),
@@ -94,8 +98,8 @@ class Stores:
             await self.ctx.events.close()
         for store in self.picked.values():
             close = getattr(store, "close", None)
-            if close is not None:
-                await close()
+            if close is not None and inspect.isawaitable(closing := close()):   # SharedCounters: sync
+                await closing
         if self.ctx.engines is not None:
             await self.ctx.engines.close()
 
@@ -125,7 +129,7 @@ async def open_stores(config: Config, data_dir: str, db, metrics=None) -> Stores
     stores = Stores(ctx)
     for kind in KINDS:
         path = kind.shared if uses_shared(kind, state) else kind.embedded
-        if path is not None:
+        if path is not None and kind.attr not in stores.picked:
             stores.picked[kind.attr] = _load(path).build(ctx)
     await stores.start()
     return stores

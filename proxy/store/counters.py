@@ -41,6 +41,7 @@ from proxy.errors import Unavailable
 from proxy.store import limits
 from proxy.store.files import open_private, private_dir
 from proxy.store.holdings import Holdings
+from proxy.store.limitstore import LimitStore
 from proxy.store.limits import DAY_US, HASH, INFLIGHT, RESERVED, SPENT, DAY, STAMP
 
 log = structlog.get_logger(__name__)
@@ -73,9 +74,14 @@ def key_hash(key_id: str) -> int:
     return h if h > TOMB else h + 2
 
 
-class SharedCounters:
+class SharedCounters(LimitStore):
     """Cross-process per-key limit records in an mmap'd file. All methods are sync and cheap
     (two fcntl calls and a struct pack); call them from the event loop directly."""
+
+    @classmethod
+    def build(cls, ctx) -> "SharedCounters":
+        """The embedded `limits` store of proxy.state.stores."""
+        return cls.in_dir(ctx.data_dir)
 
     def __init__(self, path: str | Path, slots: int = DEFAULT_SLOTS, *,
                  max_segments: int = MAX_SEGMENTS, idle_seconds: int = IDLE_SECONDS) -> None:
@@ -236,11 +242,11 @@ class SharedCounters:
         raise CountersFull("This key's limits cannot be counted right now.")
 
     # --- the limits --------------------------------------------------------------------------
-    def admit(self, key_id: str, now: float, minute_limit: int | None, max_concurrent: int | None,
-              reserve: int = 0, daily: int | None = None, stamp: int = 0,
-              balance: int = 0) -> tuple[str | None, int, int]:
-        """limits.admit on the key's record; what an admitted request holds is noted in this
-        process's holdings file. Raises CountersFull. (Once per request: `_update` inlined.)"""
+    def acquire(self, key_id: str, now: float, minute_limit: int | None, max_concurrent: int | None,
+                reserve: int = 0, daily: int | None = None, stamp: int = 0, balance: int = 0) -> tuple:
+        """limits.admit on the key's record, plus the hold (reserve, holds an in-flight slot) of
+        an admitted request with something to settle, noted in this process's holdings file.
+        Raises CountersFull. (Once per request: `_update` inlined.)"""
         found = self._index.get(key_id)
         off, h = found if found is not None else self._find(key_id, now)
         fd = self._fd
@@ -248,17 +254,32 @@ class SharedCounters:
         try:
             fields = list(RECORD.unpack_from(self._mm, off))
             if fields[0] == h:
-                verdict = limits.admit(fields, int(now * 1_000_000), minute_limit, max_concurrent, reserve,
-                                       daily, stamp, balance)
+                code, remaining, wait = limits.admit(fields, int(now * 1_000_000), minute_limit, max_concurrent,
+                                                     reserve, daily, stamp, balance)
                 RECORD.pack_into(self._mm, off, *fields)
-                if verdict[0] is None and (reserve or max_concurrent is not None):
-                    self._holdings().add((off - HEADER_SIZE) // RECORD_SIZE, h,
-                                         0 if max_concurrent is None else 1, reserve)
-                return verdict
+                if code is not None:
+                    return code, remaining, wait, None
+                concurrent = max_concurrent is not None
+                if reserve or concurrent:
+                    self._holdings().add((off - HEADER_SIZE) // RECORD_SIZE, h, int(concurrent), reserve)
+                elif daily is None and not stamp:
+                    return None, remaining, wait, None          # nothing to settle
+                return None, remaining, wait, (reserve, concurrent)
         finally:
             lockf(fd, LOCK_UN, RECORD_SIZE, off)
         del self._index[key_id]          # reclaimed and reused meanwhile: find it again
-        return self.admit(key_id, now, minute_limit, max_concurrent, reserve, daily, stamp, balance)
+        return self.acquire(key_id, now, minute_limit, max_concurrent, reserve, daily, stamp, balance)
+
+    def admit(self, *args, **kwargs) -> tuple[str | None, int, int]:
+        """`acquire` without the hold (tools, tests)."""
+        return self.acquire(*args, **kwargs)[:3]
+
+    def release(self, key_id: str, now: float, hold: tuple[int, bool], cost: int) -> None:
+        self.settle(key_id, now, hold[0], cost, hold[1])
+
+    def seed_static(self, key_id: str, stamp: int, left: Callable[[], int]) -> None:
+        if self.stamp(key_id) != stamp:
+            self.seed(key_id, stamp, left())
 
     def settle(self, key_id: str, now: float, reserve: int, cost: int, concurrency: bool) -> None:
         """limits.settle for a request admitted at `now` (its UTC day gets the cost)."""

@@ -35,10 +35,11 @@ def test_check_says_what_is_shared_and_masks_the_password(tmp_path):
                            '  database: "postgresql://modelway:${PGPASSWORD}@10.0.0.6:5432/modelway?sslmode=verify-full"\n',
                  PGPASSWORD="pg-s3cret", REDIS_PW="redis-s3cret")
     assert r.returncode == 0, r.stderr
-    assert "shared: cooldowns, response cache, change events via Redis (rediss://:***@10.0.0.5:6380/2)" in r.stdout
+    assert "shared: limits, spend, concurrency, cooldowns, response cache, change events via Redis " \
+           "(rediss://:***@10.0.0.5:6380/2)" in r.stdout
     assert "shared: stored responses via PostgreSQL " \
            "(postgresql://modelway:***@10.0.0.6:5432/modelway?sslmode=verify-full)" in r.stdout
-    assert "embedded (this node's data_dir): limits, spend, concurrency, keys, ledger" in r.stdout
+    assert "embedded (this node's data_dir): keys, ledger" in r.stdout
     assert "s3cret" not in r.stdout + r.stderr
 
 

@@ -1,0 +1,269 @@
+"""Per-key limits every node shares (the LimitStore of proxy.store.limitstore over Redis): the
+minute limit, max_concurrent and the money reservations of balance / daily_limit, exact across
+nodes. The same algorithm as the embedded counters (proxy.store.limits), run by one Lua script
+(proxy.state.limits_lua) on a Redis hash per key, `modelway:limits:{<key id>}`, with its leases
+in `modelway:leases:{<key id>}`.
+
+One round trip per request on the hot path: `acquire` is one EVALSHA (the caller awaits it);
+`release` and the spend of keys without money limits are queued and sent pipelined, off the
+request's path. What a node holds (requests in flight, reserved money) is leased: the node
+renews its leases every lease_seconds / 3; a node that dies stops renewing, and its holdings are
+given back by the next admission after the lease expires (nothing leaks beyond lease_seconds).
+
+Redis down or slow (each call bounded by state.redis_timeout_ms, see proxy.state.engines): the
+node counts on its own mmap'd counters (the embedded storage) — limits are then per node —
+logged once per outage (`limits_counting_locally`); `modelway_state_backend_up{engine="redis"}`
+and /readyz say so. Back to Redis as soon as the engine's probe (once a second) sees it answer.
+Releases of requests admitted by Redis wait for it (at most MAX_PENDING, then dropped, logged);
+a request admitted locally is released locally.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+from typing import Callable
+
+import structlog
+from redis.exceptions import NoScriptError
+
+from proxy.state.engines import EngineDown, RedisEngine
+from proxy.state.limits_lua import LUA, SHA
+from proxy.store import limits
+from proxy.store.counters import SharedCounters
+from proxy.store.limits import DAY_US
+from proxy.store.limitstore import LimitStore
+
+log = structlog.get_logger("modelway")
+
+CODES = (None, limits.MINUTE, limits.CONCURRENCY, limits.DAILY, limits.DAILY_SHORT, limits.BALANCE,
+         limits.BALANCE_SHORT)
+SHORT = {4, 6}                   # refusals whose Retry-After depends on what is reserved
+LEASE_SECONDS = 30.0             # default of state.lease_seconds
+MAX_PENDING = 100_000            # releases / spends kept while Redis is down
+CLOSE_SECONDS = 2.0              # close(): the last releases and spend, at most this long
+SHARED = "redis"                 # a hold's last item: admitted by Redis (a local hold has 2 items)
+
+
+def record_keys(key_id: str) -> tuple[str, str]:
+    """The key's hash and lease set (one hash tag: the same Redis Cluster slot)."""
+    return f"modelway:limits:{{{key_id}}}", f"modelway:leases:{{{key_id}}}"
+
+
+def _arg(value: int | None) -> int | str:
+    return "" if value is None else value
+
+
+async def run_script(client, keys: tuple[str, str], args: tuple):
+    """EVALSHA, loading the script first if this Redis does not have it (a restart)."""
+    try:
+        return await client.evalsha(SHA, 2, *keys, *args)
+    except NoScriptError:
+        await client.script_load(LUA)
+        return await client.evalsha(SHA, 2, *keys, *args)
+
+
+async def run_many(client, calls: list[tuple[tuple[str, str], tuple]]) -> None:
+    """Many script calls in one pipelined round trip."""
+    for attempt in (0, 1):
+        pipe = client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(SHA, 2, *keys, *args)
+        try:
+            await pipe.execute()
+            return
+        except NoScriptError:
+            if attempt:
+                raise
+            await client.script_load(LUA)
+
+
+class RedisLimits(LimitStore):
+    def __init__(self, engine: RedisEngine, local: SharedCounters, lease_seconds: float = LEASE_SECONDS):
+        self.engine = engine
+        self.local = local
+        self.lease_ms = int(lease_seconds * 1000)
+        self.node = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._held: dict[str, list[int]] = {}          # key id -> [in flight, reserved] this node holds in Redis
+        self._releases: list[tuple] = []               # (keys, args) of settles not sent yet
+        self._spend: dict[tuple[str, int], int] = {}   # (key id, UTC day) -> micro-USD not sent yet
+        self._reserved: dict[str, int] = {}            # key id -> reserved, as the last short refusal saw
+        self._static: dict[str, tuple[int, Callable[[], int]]] = {}
+        self._sender: asyncio.Task | None = None
+        self._renewer: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._local_logged = False
+        engine.on_up.append(self._back)
+
+    @classmethod
+    def build(cls, ctx) -> "RedisLimits":
+        return cls(ctx.engines.redis, SharedCounters.in_dir(ctx.data_dir), ctx.config.state.lease_seconds)
+
+    async def start(self) -> None:
+        self._renewer = asyncio.ensure_future(self._renewing())
+
+    # --- admission ---------------------------------------------------------------------------
+    def acquire(self, key_id, now, minute_limit, max_concurrent, reserve=0, daily=None, stamp=0, balance=0):
+        if not self.engine.up:
+            return self._locally(key_id, now, minute_limit, max_concurrent, reserve, daily, stamp, balance)
+        return self._acquire(key_id, now, minute_limit, max_concurrent, reserve, daily, stamp, balance)
+
+    async def _acquire(self, key_id, now, minute_limit, max_concurrent, reserve, daily, stamp, balance) -> tuple:
+        concurrent = max_concurrent is not None
+        holds = reserve or concurrent
+        if holds:      # counted as held before Redis is: a renewal meanwhile never undercounts
+            self._hold(key_id, int(concurrent), reserve)
+        try:
+            code, remaining, wait, reserved = await self.engine.call(
+                run_script, record_keys(key_id),
+                ("admit", "", self.node, self.lease_ms, _arg(minute_limit), _arg(max_concurrent), reserve,
+                 _arg(daily), stamp, balance))
+        except EngineDown as exc:
+            if holds:
+                self._hold(key_id, -int(concurrent), -reserve)
+            return self._locally(key_id, now, minute_limit, max_concurrent, reserve, daily, stamp, balance, exc)
+        if self._local_logged:
+            self._local_logged = False
+            log.info("limits_shared_again", engine="redis")
+        if code:
+            if holds:
+                self._hold(key_id, -int(concurrent), -reserve)
+            if code in SHORT:
+                self._reserved[key_id] = reserved
+            return CODES[code], remaining, wait, None
+        if holds or daily is not None or stamp:
+            return None, remaining, wait, (reserve, concurrent, SHARED)
+        return None, remaining, wait, None
+
+    def _locally(self, key_id, now, minute_limit, max_concurrent, reserve, daily, stamp, balance,
+                 why: BaseException | None = None) -> tuple:
+        if not self._local_logged:
+            self._local_logged = True
+            log.warning("limits_counting_locally", engine="redis", error=str(why or self.engine.error),
+                        note="limits are per node until Redis answers again")
+        return self.local.acquire(key_id, now, minute_limit, max_concurrent, reserve, daily, stamp, balance)
+
+    def _hold(self, key_id: str, inflight: int, reserve: int) -> None:
+        held = self._held.get(key_id)
+        if held is None:
+            held = self._held[key_id] = [0, 0]
+        held[0] += inflight
+        held[1] += reserve
+        if held[0] <= 0 and held[1] <= 0:
+            del self._held[key_id]
+
+    def reserved(self, key_id: str) -> int:
+        if not self.engine.up:
+            return self.local.reserved(key_id)
+        return self._reserved.pop(key_id, 0)
+
+    # --- release and spend, pipelined off the request's path --------------------------------
+    def release(self, key_id: str, now: float, hold: tuple, cost: int) -> None:
+        if len(hold) == 2:
+            self.local.release(key_id, now, hold, cost)
+            return
+        reserve, concurrent, _ = hold
+        if reserve or concurrent:
+            self._hold(key_id, -int(concurrent), -reserve)
+        day = int(now * 1_000_000) // DAY_US
+        self._queue(record_keys(key_id), ("settle", "", self.node, self.lease_ms, day, reserve, cost,
+                                          int(concurrent)))
+
+    def _queue(self, keys, args) -> None:
+        if len(self._releases) >= MAX_PENDING:
+            log.error("limits_release_dropped", engine="redis", pending=len(self._releases))
+            return
+        self._releases.append((keys, args))
+        if self._sender is None:
+            self._sender = asyncio.ensure_future(self._send())
+
+    async def _send(self) -> None:
+        """Send the queued releases, pipelined; while Redis is down keep them until it is back."""
+        try:
+            while self._releases:
+                batch, self._releases = self._releases, []
+                try:
+                    await self.engine.call(run_many, batch)
+                except EngineDown:
+                    self._releases[:0] = batch
+                    await self.engine.wait_up()
+        finally:
+            self._sender = None
+
+    def defer_spend(self, key_id: str, usd: float, now: float) -> None:
+        slot = key_id, int(now // 86400)
+        self._spend[slot] = self._spend.get(slot, 0) + round(usd * 1_000_000)
+
+    async def flush_spend(self) -> None:
+        if not self._spend:
+            return
+        pending, self._spend = self._spend, {}
+        calls = [(record_keys(key_id), ("add_spend", "", self.node, self.lease_ms, day, micro))
+                 for (key_id, day), micro in pending.items()]
+        try:
+            await self.engine.call(run_many, calls)
+        except EngineDown:
+            if len(self._spend) < MAX_PENDING:
+                for slot, micro in pending.items():
+                    self._spend[slot] = self._spend.get(slot, 0) + micro
+
+    # --- static balances ---------------------------------------------------------------------
+    def seed_static(self, key_id: str, stamp: int, left: Callable[[], int]) -> None:
+        """Seeded in Redis in the background (again each time Redis comes back: it may have
+        restarted empty), and in the local counters at once for the fallback."""
+        self._static[key_id] = stamp, left
+        self.local.seed_static(key_id, stamp, left)
+        if self.engine.up:
+            task = asyncio.ensure_future(self._seed(self.engine.client, key_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _seed(self, client, key_id: str) -> None:
+        stamp, left = self._static[key_id]
+        keys = record_keys(key_id)
+        try:
+            found = int(await client.hget(keys[0], "stamp") or 0)
+            if found != stamp:
+                await run_script(client, keys, ("seed", "", self.node, self.lease_ms, stamp, left()))
+        except Exception as exc:   # noqa: BLE001  Redis went away meanwhile: seeded again when it is back
+            log.warning("limits_seed_deferred", key_id=key_id, error=type(exc).__name__)
+
+    async def _back(self) -> None:
+        """Redis answers again (engine on_up hook, before it is used): the script, static
+        seeds, and this node's holdings (a Redis that restarted empty has none of them)."""
+        client = self.engine.client
+        await client.script_load(LUA)
+        for key_id in list(self._static):
+            await self._seed(client, key_id)
+        await self._renew(client)
+
+    # --- leases --------------------------------------------------------------------------------
+    async def _renewing(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            if self.engine.up and self._held:
+                with contextlib.suppress(EngineDown):
+                    await self.engine.call(self._renew)
+
+    async def _renew(self, client) -> None:
+        """Extend this node's leases and set its holdings to what it holds, one pipeline."""
+        calls = [(record_keys(key_id), ("renew", "", self.node, self.lease_ms, n, r))
+                 for key_id, (n, r) in self._held.items()]
+        if calls:
+            await run_many(client, calls)
+
+    async def close(self) -> None:
+        """The last releases and spend (bounded), then the local counters."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+        with contextlib.suppress(Exception, asyncio.TimeoutError):
+            async with asyncio.timeout(CLOSE_SECONDS):
+                await self.flush_spend()
+                if self._sender is not None and self.engine.up:
+                    await self._sender
+        for task in (self._sender, *self._tasks):
+            if task is not None:
+                task.cancel()
+        self.local.close()
