@@ -27,7 +27,7 @@ import socket
 from typing import Callable
 
 import structlog
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from proxy.state.engines import EngineDown, RedisEngine
 from proxy.state.limits_lua import LUA, SHA
@@ -65,19 +65,23 @@ async def run_script(client, keys: tuple[str, str], args: tuple):
         return await client.evalsha(SHA, 2, *keys, *args)
 
 
-async def run_many(client, calls: list[tuple[tuple[str, str], tuple]]) -> None:
-    """Many script calls in one pipelined round trip."""
-    for attempt in (0, 1):
-        pipe = client.pipeline(transaction=False)
-        for keys, args in calls:
-            pipe.evalsha(SHA, 2, *keys, *args)
-        try:
-            await pipe.execute()
-            return
-        except NoScriptError:
-            if attempt:
-                raise
-            await client.script_load(LUA)
+async def run_many(client, calls: list) -> list:
+    """Many script calls ((keys, args, ...) each) in one pipelined round trip; a call's error is
+    its reply. A Redis that lost the script (a restart) gets it again and the calls it refused."""
+    replies = await _pipelined(client, calls)
+    again = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if again:
+        await client.script_load(LUA)
+        for i, reply in zip(again, await _pipelined(client, [calls[i] for i in again])):
+            replies[i] = reply
+    return replies
+
+
+async def _pipelined(client, calls: list) -> list:
+    pipe = client.pipeline(transaction=False)
+    for call in calls:
+        pipe.evalsha(SHA, 2, *call[0], *call[1])
+    return await pipe.execute(raise_on_error=False)
 
 
 class RedisLimits(LimitStore):
@@ -87,7 +91,7 @@ class RedisLimits(LimitStore):
         self.lease_ms = int(lease_seconds * 1000)
         self.node = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._held: dict[str, list[int]] = {}          # key id -> [in flight, reserved] this node holds in Redis
-        self._releases: list[tuple] = []               # (keys, args) of settles not sent yet
+        self._calls: list[tuple] = []                  # (keys, args, reply future or None) not sent yet
         self._spend: dict[tuple[str, int], int] = {}   # (key id, UTC day) -> micro-USD not sent yet
         self._reserved: dict[str, int] = {}            # key id -> reserved, as the last short refusal saw
         self._static: dict[str, tuple[int, Callable[[], int]]] = {}
@@ -115,18 +119,15 @@ class RedisLimits(LimitStore):
         holds = reserve or concurrent
         if holds:      # counted as held before Redis is: a renewal meanwhile never undercounts
             self._hold(key_id, int(concurrent), reserve)
+        reply = asyncio.get_running_loop().create_future()
+        self._submit(record_keys(key_id), ("admit", "", self.node, self.lease_ms, _arg(minute_limit),
+                                           _arg(max_concurrent), reserve, _arg(daily), stamp, balance), reply)
         try:
-            code, remaining, wait, reserved = await self.engine.call(
-                run_script, record_keys(key_id),
-                ("admit", "", self.node, self.lease_ms, _arg(minute_limit), _arg(max_concurrent), reserve,
-                 _arg(daily), stamp, balance))
-        except EngineDown as exc:
+            code, remaining, wait, reserved = await reply
+        except (EngineDown, RedisError) as exc:
             if holds:
                 self._hold(key_id, -int(concurrent), -reserve)
             return self._locally(key_id, now, minute_limit, max_concurrent, reserve, daily, stamp, balance, exc)
-        if self._local_logged:
-            self._local_logged = False
-            log.info("limits_shared_again", engine="redis")
         if code:
             if holds:
                 self._hold(key_id, -int(concurrent), -reserve)
@@ -168,27 +169,41 @@ class RedisLimits(LimitStore):
         if reserve or concurrent:
             self._hold(key_id, -int(concurrent), -reserve)
         day = int(now * 1_000_000) // DAY_US
-        self._queue(record_keys(key_id), ("settle", "", self.node, self.lease_ms, day, reserve, cost,
+        self._submit(record_keys(key_id), ("settle", "", self.node, self.lease_ms, day, reserve, cost,
                                           int(concurrent)))
 
-    def _queue(self, keys, args) -> None:
-        if len(self._releases) >= MAX_PENDING:
-            log.error("limits_release_dropped", engine="redis", pending=len(self._releases))
+    def _submit(self, keys, args, reply: asyncio.Future | None = None) -> None:
+        """Queue a script call for the next pipeline: an admission (`reply` awaited by its
+        request) or a release (kept, in order, until Redis takes it)."""
+        if reply is None and len(self._calls) >= MAX_PENDING:
+            log.error("limits_release_dropped", engine="redis", pending=len(self._calls))
             return
-        self._releases.append((keys, args))
+        self._calls.append((keys, args, reply))
         if self._sender is None:
             self._sender = asyncio.ensure_future(self._send())
 
     async def _send(self) -> None:
-        """Send the queued releases, pipelined; while Redis is down keep them until it is back."""
+        """Send what is queued, one pipeline at a time: a lone request's admission goes at once,
+        a burst's admissions and releases share round trips (and a connection)."""
         try:
-            while self._releases:
-                batch, self._releases = self._releases, []
+            while self._calls:
+                batch, self._calls = self._calls, []
                 try:
-                    await self.engine.call(run_many, batch)
-                except EngineDown:
-                    self._releases[:0] = batch
-                    await self.engine.wait_up()
+                    replies = await self.engine.call(run_many, batch)
+                except EngineDown as exc:
+                    for _, _, reply in batch:
+                        if reply is not None and not reply.done():
+                            reply.set_exception(exc)       # admitted locally instead
+                    self._calls[:0] = [call for call in batch if call[2] is None]
+                    if not self.engine.up:
+                        await self.engine.wait_up()
+                    continue
+                for (_, _, reply), result in zip(batch, replies):
+                    if reply is not None and not reply.done():
+                        if isinstance(result, Exception):
+                            reply.set_exception(result)
+                        else:
+                            reply.set_result(result)
         finally:
             self._sender = None
 
@@ -235,6 +250,9 @@ class RedisLimits(LimitStore):
         seeds, and this node's holdings (a Redis that restarted empty has none of them)."""
         client = self.engine.client
         await client.script_load(LUA)
+        if self._local_logged:
+            self._local_logged = False
+            log.info("limits_shared_again", engine="redis")
         for key_id in list(self._static):
             await self._seed(client, key_id)
         await self._renew(client)

@@ -79,3 +79,126 @@ async def _run_sequence(client, rnd: random.Random, key_id: str, steps: int) -> 
             await _lua(client, key_id, "add_spend", now, day, cost)
         got = await _lua(client, key_id, "read", now)
         assert list(got) == f[1:], (key_id, step, op)
+
+
+# --- three nodes ---------------------------------------------------------------------------------
+# redis_timeout_ms: a loaded test machine opening a burst of new connections (the default's 50 ms
+# would send some requests to node-local counting, as it should when Redis is that slow)
+KEYS = {"minute": "sk-limits-minute", "few": "sk-limits-few", "money": "sk-limits-money", "busy": "sk-limits-busy"}
+MINUTE_LIMIT, FEW, BALANCE, LEASE = 10, 2, 1.0, 3
+
+CONFIG = """
+server: {{data_dir: ./var, drain_seconds: 1}}
+providers:
+  mock: {{type: mock}}
+  sleepy: {{type: mock, options: {{latency_ms: 8000}}}}
+models:
+  mock-echo: {{targets: [{{provider: mock}}]}}
+  priced: {{targets: [{{provider: mock, model: echo}}], pricing: {{input: 1000, output: 1000}}}}
+  sleepy: {{targets: [{{provider: sleepy}}]}}
+keys:
+  - {{label: minute, sha256: "{minute}", minute_limit: {limit}}}
+  - {{label: few, sha256: "{few}", max_concurrent: {few_n}}}
+  - {{label: money, sha256: "{money}", balance: {balance}}}
+  - {{label: busy, sha256: "{busy}", minute_limit: 100000, max_concurrent: 1000}}
+state: {{redis: "{redis}", redis_timeout_ms: 300, lease_seconds: {lease}}}
+"""
+
+
+class Nodes:
+    def __init__(self, root, redis_url: str):
+        self.root, self.redis_url = root, redis_url
+        self.nodes: list[Server] = []
+
+    async def start(self, n: int = 3) -> list[Server]:
+        text = CONFIG.format(redis=self.redis_url, limit=MINUTE_LIMIT, few_n=FEW, balance=BALANCE, lease=LEASE,
+                             **{name: sha(secret) for name, secret in KEYS.items()})
+        for i in range(n):
+            home = self.root / f"vm{i + 1}"
+            home.mkdir()
+            write_config(home / "routes.yaml", text)
+            self.nodes.append(Server(home, "--config", str(home / "routes.yaml"), env=clean_env()))
+        for node in self.nodes:
+            await eventually(lambda: node.events("listening"), 30, "listening", node)
+        return self.nodes
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+
+@pytest.fixture
+async def nodes(tmp_path, redis_server):  # noqa: F811
+    if redis_server.proc is None:            # a test that stopped it failed before starting it again
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    client.close()
+    group = Nodes(tmp_path, redis_server.url)
+    yield group
+    group.stop()
+
+
+async def post(http, node, key: str, model: str = "mock-echo", text: str = "hello", **extra):
+    """(status, error code or None, parsed body, seconds taken)."""
+    body = {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+    started = time.monotonic()
+    async with http.post(node.url + "/v1/chat/completions", json=body, headers=headers(KEYS[key])) as resp:
+        data = await resp.json()
+    code = data["error"].get("code") if resp.status != 200 else None
+    return resp.status, code, data, time.monotonic() - started
+
+
+def record(redis_url: str, label: str) -> dict:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return client.hgetall(record_keys(f"static:{label}")[0])
+    finally:
+        client.close()
+
+
+async def test_three_times_the_minute_limit_across_three_nodes_lets_exactly_the_limit_through(nodes, http):
+    vm = await nodes.start(3)
+    sent = [post(http, vm[i % 3], "minute") for i in range(3 * MINUTE_LIMIT)]
+    results = await asyncio.gather(*sent)
+    statuses = [r[0] for r in results]
+    assert statuses.count(200) == MINUTE_LIMIT, statuses
+    assert {r[1] for r in results if r[0] != 200} == {"minute_limit_exceeded"}
+    # every node answered some of them: the limit is the cluster's, not each node's
+    for node in vm:
+        assert node.events("limits_counting_locally") == []
+
+
+async def test_max_concurrent_holds_across_nodes_and_a_dead_nodes_slots_free_after_the_lease(nodes, http, redis_server):  # noqa: F811
+    vm1, vm2, vm3 = await nodes.start(3)
+    slow = [asyncio.ensure_future(post(http, vm1, "few", "sleepy")) for _ in range(FEW)]
+    await eventually(lambda: record(redis_server.url, "few").get("inflight") == str(FEW), 5, "two in flight")
+    for node in (vm1, vm2, vm3):            # the slots are taken on every node
+        status, code, _, took = await post(http, node, "few")
+        assert (status, code) == (429, "concurrency_limit_exceeded")
+        assert took < 1.0
+    vm1.proc.kill()                          # dies holding both slots: nobody releases them
+    killed = time.monotonic()
+    await asyncio.gather(*slow, return_exceptions=True)
+    status, code, _, _ = await post(http, vm2, "few")
+    assert (status, code) == (429, "concurrency_limit_exceeded")      # held until the lease runs out
+
+    async def admitted():
+        return (await post(http, vm3, "few"))[0] == 200
+    await eventually(admitted, LEASE + 5, "the dead node's slots freed")
+    assert time.monotonic() - killed <= LEASE + 2
+    assert record(redis_server.url, "few").get("inflight") == "0"
+
+
+async def test_a_balance_hammered_from_every_node_is_never_overspent(nodes, http, redis_server):  # noqa: F811
+    vm = await nodes.start(3)
+    results = await asyncio.gather(*(post(http, vm[i % 3], "money", "priced", f"spend {i}", max_tokens=5)
+                                     for i in range(150)))
+    ok = [r for r in results if r[0] == 200]
+    refused = {r[1] for r in results if r[0] != 200}
+    assert ok and refused <= {"balance_insufficient", "balance_exhausted"} and refused, refused
+    spent = sum(r[2]["usage"]["cost"] for r in ok)
+    assert spent <= BALANCE
+    await eventually(lambda: record(redis_server.url, "money").get("reserved") == "0", 5, f"every request settled {record(redis_server.url, 'money')}")
+    left = int(record(redis_server.url, "money")["left"])
+    assert 0 <= left <= BALANCE * 1_000_000 - spent * 1_000_000 + 1e-3 * len(ok)   # costs rounded up to a micro-USD
