@@ -91,6 +91,7 @@ class RedisLimits(LimitStore):
         self.lease_ms = int(lease_seconds * 1000)
         self.node = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._held: dict[str, list[int]] = {}          # key id -> [in flight, reserved] this node holds in Redis
+        self._zeroed: set[str] = set()                 # keys this node stopped holding since the last renewal
         self._calls: list[tuple] = []                  # (keys, args, reply future or None) not sent yet
         self._spend: dict[tuple[str, int], int] = {}   # (key id, UTC day) -> micro-USD not sent yet
         self._reserved: dict[str, int] = {}            # key id -> reserved, as the last short refusal saw
@@ -98,7 +99,8 @@ class RedisLimits(LimitStore):
         self._sender: asyncio.Task | None = None
         self._renewer: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._local_logged = False
+        self._logged_at = 0.0            # engine.changed_at when counting locally was last logged
+        self._fell_back = False
         engine.on_up.append(self._back)
 
     @classmethod
@@ -140,8 +142,8 @@ class RedisLimits(LimitStore):
 
     def _locally(self, key_id, now, minute_limit, max_concurrent, reserve, daily, stamp, balance,
                  why: BaseException | None = None) -> tuple:
-        if not self._local_logged:
-            self._local_logged = True
+        if self._logged_at != self.engine.changed_at:   # once per outage (or per up period of lone timeouts)
+            self._logged_at, self._fell_back = self.engine.changed_at, True
             log.warning("limits_counting_locally", engine="redis", error=str(why or self.engine.error),
                         note="limits are per node until Redis answers again")
         return self.local.acquire(key_id, now, minute_limit, max_concurrent, reserve, daily, stamp, balance)
@@ -154,6 +156,7 @@ class RedisLimits(LimitStore):
         held[1] += reserve
         if held[0] <= 0 and held[1] <= 0:
             del self._held[key_id]
+            self._zeroed.add(key_id)     # the next renewal clears what a timed-out reply may have left
 
     def reserved(self, key_id: str) -> int:
         if not self.engine.up:
@@ -249,9 +252,12 @@ class RedisLimits(LimitStore):
         """Redis answers again (engine on_up hook, before it is used): the script, static
         seeds, and this node's holdings (a Redis that restarted empty has none of them)."""
         client = self.engine.client
+        # the pool's connections to a killed server are dead; unused, each would fail a call
+        # (tripping the engine again) before a fresh one is opened
+        await client.connection_pool.disconnect(inuse_connections=False)
         await client.script_load(LUA)
-        if self._local_logged:
-            self._local_logged = False
+        if self._fell_back:
+            self._fell_back = False
             log.info("limits_shared_again", engine="redis")
         for key_id in list(self._static):
             await self._seed(client, key_id)
@@ -261,14 +267,17 @@ class RedisLimits(LimitStore):
     async def _renewing(self) -> None:
         while True:
             await asyncio.sleep(self.lease_ms / 3000)
-            if self.engine.up and self._held:
+            if self.engine.up and (self._held or self._zeroed):
                 with contextlib.suppress(EngineDown):
                     await self.engine.call(self._renew)
 
     async def _renew(self, client) -> None:
         """Extend this node's leases and set its holdings to what it holds, one pipeline."""
+        zeroed, self._zeroed = self._zeroed, set()
         calls = [(record_keys(key_id), ("renew", "", self.node, self.lease_ms, n, r))
                  for key_id, (n, r) in self._held.items()]
+        calls += [(record_keys(key_id), ("renew", "", self.node, self.lease_ms, 0, 0))
+                  for key_id in zeroed if key_id not in self._held]
         if calls:
             await run_many(client, calls)
 

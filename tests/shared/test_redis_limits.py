@@ -199,6 +199,58 @@ async def test_a_balance_hammered_from_every_node_is_never_overspent(nodes, http
     assert ok and refused <= {"balance_insufficient", "balance_exhausted"} and refused, refused
     spent = sum(r[2]["usage"]["cost"] for r in ok)
     assert spent <= BALANCE
-    await eventually(lambda: record(redis_server.url, "money").get("reserved") == "0", 5, f"every request settled {record(redis_server.url, 'money')}")
+    await eventually(lambda: record(redis_server.url, "money").get("reserved") == "0", LEASE + 2,
+                     "every request settled")
     left = int(record(redis_server.url, "money")["left"])
     assert 0 <= left <= BALANCE * 1_000_000 - spent * 1_000_000 + 1e-3 * len(ok)   # costs rounded up to a micro-USD
+
+
+async def _ready(http, node, status: str):
+    async with http.get(node.url + "/readyz") as resp:
+        body = await resp.json()
+    return body if resp.status == 200 and body["status"] == status else None
+
+
+async def _load(http, vm, stop: asyncio.Event, seen: list) -> None:
+    i = 0
+    while not stop.is_set():
+        status, code, _, took = await post(http, vm[i % len(vm)], "busy", text=f"load {i}")
+        seen.append((status, took))
+        i += 1
+
+
+async def test_redis_stopped_under_load_counts_per_node_then_exactly_again(nodes, http, redis_server):  # noqa: F811
+    vm = await nodes.start(3)
+    stop, seen = asyncio.Event(), []
+    load = [asyncio.ensure_future(_load(http, vm, stop, seen)) for _ in range(4)]
+    try:
+        await eventually(lambda: len(seen) > 20, 20, "some load")
+        redis_server.stop()
+        for node in vm:
+            await eventually(lambda: _ready(http, node, "degraded"), 10, "degraded", node)
+        before = len(seen)
+        await eventually(lambda: len(seen) > before + 30, 20, "load while Redis is down")
+        # each node counts alone: the minute limit is per node now
+        for node in vm:
+            results = await asyncio.gather(*(post(http, node, "minute") for _ in range(MINUTE_LIMIT)))
+            assert [r[0] for r in results] == [200] * MINUTE_LIMIT
+            status, code, _, _ = await post(http, node, "minute")
+            assert (status, code) == (429, "minute_limit_exceeded")
+        redis_server.start()
+        for node in vm:
+            await eventually(lambda: _ready(http, node, "ready"), 15, "ready", node)
+        before = len(seen)
+        await eventually(lambda: len(seen) > before + 10, 20, "load after Redis is back")
+    finally:
+        stop.set()
+        await asyncio.gather(*load, return_exceptions=True)
+        if redis_server.proc is None:
+            redis_server.start()
+    assert {status for status, _ in seen} == {200}
+    assert max(took for _, took in seen) < 2.0            # bounded: nobody waited on the dead Redis
+    # shared again, and exact: the restarted (empty) Redis counts the minute limit for all nodes
+    results = await asyncio.gather(*(post(http, vm[i % 3], "minute") for i in range(3 * MINUTE_LIMIT)))
+    assert [r[0] for r in results].count(200) == MINUTE_LIMIT
+    for node in vm:
+        assert len(node.events("limits_counting_locally")) == 1
+        assert len(node.events("limits_shared_again")) == 1
