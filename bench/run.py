@@ -1,7 +1,7 @@
 """Overhead benchmark: the same load against the fake upstream directly, the bare forwarder,
 the gateway (access log only) and the gateway with the full middleware chain, in one run.
 
-    python -m bench.run [--quick] [--targets direct,forwarder,gateway,full] [--write-readme] [--keep]
+    python -m bench.run [--quick] [--targets direct,forwarder,gateway,full,shared] [--write-readme] [--keep]
 
 Method and how to read the table: bench/README.md.
 """
@@ -34,8 +34,10 @@ README = Path(__file__).resolve().parent / "README.md"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CHUNKS = 20                 # content chunks per streamed answer
 PACED_DELAY_MS = 20         # upstream pause between chunks in the "held back?" phase
-TARGET_NAMES = ("direct", "forwarder", "gateway", "full")
-TITLES = {"direct": "direct", "forwarder": "forwarder", "gateway": "gateway", "full": "full chain"}
+TARGET_NAMES = ("direct", "forwarder", "gateway", "full", "shared")
+TITLES = {"direct": "direct", "forwarder": "forwarder", "gateway": "gateway", "full": "full chain",
+          "shared": "shared limits"}
+GATEWAYS = ("gateway", "full", "shared")
 
 
 @dataclass(frozen=True)
@@ -148,8 +150,9 @@ async def wait_ready(session: aiohttp.ClientSession, proc: subprocess.Popen, url
     return f"no 200 from {url} within {timeout:.0f} s"
 
 
-def gateway_config(port: int, up_port: int, data_dir: Path, secret: str | None) -> str:
-    """The gateway's routes.yaml; with a secret, the full default chain (every request a cache miss)."""
+def gateway_config(port: int, up_port: int, data_dir: Path, secret: str | None, redis: str | None = None) -> str:
+    """The gateway's routes.yaml; with a secret, the full default chain (every request a cache
+    miss); with a Redis URL, its limits shared through it (`state.redis`)."""
     chain = "auth, ratelimit, presets, cache, accounting, access_log" if secret else "access_log"
     lines = [
         f"server: {{host: 127.0.0.1, port: {port}, data_dir: {json.dumps(str(data_dir))}}}",
@@ -163,6 +166,8 @@ def gateway_config(port: int, up_port: int, data_dir: Path, secret: str | None) 
         digest = hashlib.sha256(secret.encode()).hexdigest()
         lines += [f"keys: [{{label: bench, sha256: {digest}, minute_limit: 100000000}}]",
                   "cache: {enabled: true}"]
+    if redis:
+        lines.append(f'state: {{redis: "{redis}"}}')
     return "\n".join(lines) + "\n"
 
 
@@ -382,8 +387,13 @@ def goals(targets: list[Target]) -> str:
         return (f"- CPU/request {TITLES[a]} ÷ {TITLES[b]}: **{r:.2f}×** (goal ≤ {limit}×) "
                 f"{'PASS' if r <= limit else 'MISS'}")
 
-    lines = [ratio("gateway", "forwarder", 1.25), ratio("full", "forwarder", 1.5), ratio("full", "gateway", 1.2)]
-    for name in ("gateway", "full"):
+    lines = [ratio("gateway", "forwarder", 1.25), ratio("full", "forwarder", 1.5), ratio("full", "gateway", 1.2),
+             ratio("shared", "full", 1.5)]
+    if "shared" in by and "full" in by:
+        added = by["shared"].acc["lat_p50"] - by["full"].acc["lat_p50"]
+        lines.append(f"- shared limits added p50 at c=1 over the embedded full chain: **{added:.2f} ms** "
+                     f"(goal ≤ 0.3 ms) {'PASS' if added <= 0.3 else 'MISS'}")
+    for name in GATEWAYS:
         if name not in by:
             continue
         a = by[name].acc
@@ -399,6 +409,22 @@ def goals(targets: list[Target]) -> str:
                      f"{a['pc_p50']:.1f} ms vs {(CHUNKS - 1) * PACED_DELAY_MS} ms for a whole stream, "
                      f"{a['pc_reads']:.0f} reads/stream) {'MISS' if held else 'PASS'}")
     return "\n".join(line for line in lines if line)
+
+
+def redis_round_trips(tmp: Path) -> str:
+    """Redis round trips and script calls per request of the shared gateway (its exit log line)."""
+    served = 0
+    stats = None
+    for line in (tmp / "shared.log").read_text(errors="replace").splitlines():
+        if '"limits_redis_calls"' in line:
+            stats = json.loads(line)
+        elif '"event":"request"' in line or '"event": "request"' in line:
+            served += 1
+    if not stats or not served:
+        return "- shared limits: Redis round trips per request not found in its log"
+    return (f"- shared limits, Redis per request (all phases, {served} requests): "
+            f"**{stats['round_trips'] / served:.2f} round trips** (goal: one on the hot path), "
+            f"{stats['script_calls'] / served:.2f} script calls")
 
 
 def environment(quick: bool) -> str:
@@ -436,15 +462,26 @@ def start_servers(args: argparse.Namespace, tmp: Path, secret: str,
                                                  "--upstream", f"http://127.0.0.1:{ports['upstream']}"], tmp)
     skipped: dict[str, str] = {}
     command = shlex.split(args.gateway_cmd) if args.gateway_cmd else [py, "-m", "proxy.cli"]
-    for name in ("gateway", "full"):
-        if name not in wanted:
+    redis = None
+    if "shared" in wanted:
+        if shutil.which("redis-server") is None:
+            skipped["shared"] = "redis-server is not installed"
+        else:
+            ports["redis"] = free_port()
+            procs["redis"] = spawn("redis", ["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1",
+                                             "--save", "", "--appendonly", "no", "--dir", str(tmp)], tmp)
+            redis = f"redis://127.0.0.1:{ports['redis']}/0"
+            time.sleep(0.5)         # listening well before the gateway's first probe
+    for name in GATEWAYS:
+        if name not in wanted or name in skipped:
             continue
         if not args.gateway_cmd and importlib.util.find_spec("proxy.cli") is None:
             skipped[name] = "proxy.cli not found (the gateway is not built yet)"
             continue
         config, data = tmp / f"{name}.yaml", tmp / f"{name}-data"
         data.mkdir()
-        config.write_text(gateway_config(ports[name], ports["upstream"], data, secret if name == "full" else None))
+        config.write_text(gateway_config(ports[name], ports["upstream"], data, secret if name != "gateway" else None,
+                                         redis if name == "shared" else None))
         procs[name] = spawn(name, [*command, "serve", "--config", str(config),
                                    "--host", "127.0.0.1", "--port", str(ports[name])], tmp)
     return ports, skipped
@@ -480,6 +517,8 @@ async def run(args: argparse.Namespace, tmp: Path, procs: dict[str, subprocess.P
 
     targets = [load.target for load in loads]
     report = [f"Run: {environment(args.quick)}.", "", table(targets), "", goals(targets)]
+    if any(t.name == "shared" for t in targets):
+        report.append("REDIS_ROUND_TRIPS")      # filled in once the shared gateway has stopped
     report += [f"- first failure on {TITLES[t.name]}: `{t.first_error[:300]}`" for t in targets if t.first_error]
     report += [f"- {TITLES[name]} skipped: {why.splitlines()[0]}" for name, why in skipped.items()]
     return "\n".join(report)
@@ -525,8 +564,10 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         for name, proc in procs.items():
             note = stop(proc)
-            if note and name in ("gateway", "full"):
+            if note and name in GATEWAYS:
                 print(f"note: {TITLES[name]} {note}", file=sys.stderr)
+        if "shared" in procs and "report" in locals():
+            report = report.replace("REDIS_ROUND_TRIPS", redis_round_trips(tmp))
         if args.keep:
             print(f"configs and logs kept in {tmp}", file=sys.stderr)
         else:

@@ -27,7 +27,7 @@ import socket
 from typing import Callable
 
 import structlog
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from proxy.state.engines import EngineDown, RedisEngine
 from proxy.state.limits_lua import LUA, SHA
@@ -77,6 +77,16 @@ async def run_many(client, calls: list) -> list:
     return replies
 
 
+async def run_one(client, calls: list) -> list:
+    """One script call, without a pipeline's overhead (a lone request: the usual case at low
+    load); an error reply is returned, as run_many does."""
+    keys, args = calls[0][0], calls[0][1]
+    try:
+        return [await run_script(client, keys, args)]
+    except ResponseError as exc:
+        return [exc]
+
+
 async def _pipelined(client, calls: list) -> list:
     pipe = client.pipeline(transaction=False)
     for call in calls:
@@ -101,6 +111,7 @@ class RedisLimits(LimitStore):
         self._tasks: set[asyncio.Task] = set()
         self._logged_at = 0.0            # engine.changed_at when counting locally was last logged
         self._fell_back = False
+        self.round_trips = self.calls = 0          # pipelines and script calls sent (logged at close)
         engine.on_up.append(self._back)
 
     @classmethod
@@ -191,8 +202,10 @@ class RedisLimits(LimitStore):
         try:
             while self._calls:
                 batch, self._calls = self._calls, []
+                self.round_trips += 1
+                self.calls += len(batch)
                 try:
-                    replies = await self.engine.call(run_many, batch)
+                    replies = await self.engine.call(run_one if len(batch) == 1 else run_many, batch)
                 except EngineDown as exc:
                     for _, _, reply in batch:
                         if reply is not None and not reply.done():
@@ -293,4 +306,5 @@ class RedisLimits(LimitStore):
         for task in (self._sender, *self._tasks):
             if task is not None:
                 task.cancel()
+        log.info("limits_redis_calls", round_trips=self.round_trips, script_calls=self.calls)
         self.local.close()
