@@ -13,7 +13,9 @@ import pytest
 import redis
 from redis import asyncio as aioredis
 
-from proxy.state.limits import CODES, record_keys, run_script
+from proxy.state.engines import RedisEngine
+from proxy.state.limits import CODES, RedisLimits, record_keys, run_script
+from proxy.store.counters import SharedCounters
 from proxy.store import limits
 from proxy.store.limits import DAY_US
 from tests.cli.procs import Server, clean_env
@@ -79,6 +81,30 @@ async def _run_sequence(client, rnd: random.Random, key_id: str, steps: int) -> 
             await _lua(client, key_id, "add_spend", now, day, cost)
         got = await _lua(client, key_id, "read", now)
         assert list(got) == f[1:], (key_id, step, op)
+
+
+async def test_a_slot_left_by_a_reply_the_node_never_saw_is_cleared_by_its_next_renewal(redis_server, tmp_path):  # noqa: F811
+    engine = RedisEngine(redis_server.url, 250)
+    await engine.start()
+    store = RedisLimits(engine, SharedCounters.in_dir(tmp_path), lease_seconds=0.6)
+    await store.start()
+    try:
+        await engine.client.delete(*record_keys("lost-reply"))
+        # an admission Redis ran but whose reply timed out: the node counted it locally instead
+        await run_script(engine.client, record_keys("lost-reply"),
+                         ("admit", "", store.node, 600_000, "", 1, 0, "", 0, 0))
+        verdict = await store.acquire("lost-reply", time.time(), None, 1)
+        assert verdict[0] == "concurrency_limit_exceeded"
+
+        async def admitted():
+            return (await store.acquire("lost-reply", time.time(), None, 1))[0] is None
+        started = time.monotonic()
+        await eventually(admitted, 3, "the renewal set the node's holding to what it holds")
+        assert time.monotonic() - started < 1.5                 # a renewal (every 0.2 s), not the lease
+        assert await engine.client.hget(record_keys("lost-reply")[0], "inflight") == b"1"
+    finally:
+        await store.close()
+        await engine.close()
 
 
 # --- three nodes ---------------------------------------------------------------------------------
