@@ -111,6 +111,7 @@ class RedisLimits(LimitStore):
         self._tasks: set[asyncio.Task] = set()
         self._logged_at = 0.0            # engine.changed_at when counting locally was last logged
         self._fell_back = False
+        self._dropping = False
         self.round_trips = self.calls = 0          # pipelines and script calls sent (logged at close)
         engine.on_up.append(self._back)
 
@@ -190,7 +191,11 @@ class RedisLimits(LimitStore):
         """Queue a script call for the next pipeline: an admission (`reply` awaited by its
         request) or a release (kept, in order, until Redis takes it)."""
         if reply is None and len(self._calls) >= MAX_PENDING:
-            log.error("limits_release_dropped", engine="redis", pending=len(self._calls))
+            if not self._dropping:     # once until the queue drains
+                self._dropping = True
+                log.error("limits_releases_dropped", engine="redis", pending=len(self._calls),
+                          note="their cost is not counted in Redis (the ledger has it); what they held "
+                               "is freed by the next renewal")
             return
         self._calls.append((keys, args, reply))
         if self._sender is None:
@@ -202,6 +207,7 @@ class RedisLimits(LimitStore):
         try:
             while self._calls:
                 batch, self._calls = self._calls, []
+                self._dropping = False
                 self.round_trips += 1
                 self.calls += len(batch)
                 try:

@@ -83,7 +83,7 @@ async def _run_sequence(client, rnd: random.Random, key_id: str, steps: int) -> 
         assert list(got) == f[1:], (key_id, step, op)
 
 
-async def test_a_slot_left_by_a_reply_the_node_never_saw_is_cleared_by_its_next_renewal(redis_server, tmp_path):  # noqa: F811
+async def test_a_slot_a_lost_reply_left_is_cleared_by_the_next_renewal(redis_server, tmp_path):  # noqa: F811
     engine = RedisEngine(redis_server.url, 250)
     await engine.start()
     store = RedisLimits(engine, SharedCounters.in_dir(tmp_path), lease_seconds=0.6)
@@ -195,7 +195,7 @@ async def test_three_times_the_minute_limit_across_three_nodes_lets_exactly_the_
         assert node.events("limits_counting_locally") == []
 
 
-async def test_max_concurrent_holds_across_nodes_and_a_dead_nodes_slots_free_after_the_lease(nodes, http, redis_server):  # noqa: F811
+async def test_max_concurrent_across_nodes_dead_node_freed_after_lease(nodes, http, redis_server):  # noqa: F811
     vm1, vm2, vm3 = await nodes.start(3)
     slow = [asyncio.ensure_future(post(http, vm1, "few", "sleepy")) for _ in range(FEW)]
     await eventually(lambda: record(redis_server.url, "few").get("inflight") == str(FEW), 5, "two in flight")
