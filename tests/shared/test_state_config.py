@@ -64,6 +64,7 @@ def test_each_engine_is_optional(tmp_path):
     ('state: {database: "postgresql://u@h/db?pool=9"}', "state.database: unknown URL parameter 'pool'"),
     ('state: {database: "postgresql://u:${NOPE_PW}@h/db"}', "state.database: environment variable NOPE_PW is not set"),
     ('state: {redis_timeout_ms: 0}', "state.redis_timeout_ms: must be a number > 0"),
+    ('state: {lease_seconds: -1}', "state.lease_seconds: must be a number > 0"),
     ('state: {databse: "postgresql://u@h/db"}', "state.databse: unknown field 'databse' (did you mean 'database'?)"),
 ])
 def test_a_bad_state_section_is_named_with_its_line(tmp_path, state, problem):
