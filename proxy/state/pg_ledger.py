@@ -74,11 +74,13 @@ FROM unnest($1::text[], $2::float8[], $3::float8[]) AS c (id, cost, at) WHERE ap
 """
 
 
-async def write_rows(conn, uids: list[str], rows: list[tuple]) -> int:
-    """Insert the rows not stored yet and charge their managed keys, in one transaction.
-    Returns how many were inserted."""
+async def write_rows(conn, uids: list[str], rows: list[tuple], charge: bool = True) -> int:
+    """Insert the rows not stored yet and (`charge`) charge their managed keys, in one
+    transaction. Returns how many were inserted."""
     async with conn.transaction():
         inserted = await conn.fetch(_INSERT, uids, *map(list, zip(*rows)))
+        if not charge:
+            return len(inserted)
         charges: dict[str, list[float]] = {}
         for key_id, cost, at in inserted:
             if key_id is not None:
