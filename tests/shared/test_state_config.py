@@ -36,16 +36,16 @@ def test_check_says_what_is_shared_and_masks_the_password(tmp_path):
                  PGPASSWORD="pg-s3cret", REDIS_PW="redis-s3cret")
     assert r.returncode == 0, r.stderr
     assert "shared: cooldowns, response cache, change events via Redis (rediss://:***@10.0.0.5:6380/2)" in r.stdout
-    assert "shared: stored responses via PostgreSQL " \
+    assert "shared: keys, ledger, stored responses via PostgreSQL " \
            "(postgresql://modelway:***@10.0.0.6:5432/modelway?sslmode=verify-full)" in r.stdout
-    assert "embedded (this node's data_dir): limits, spend, concurrency, keys, ledger" in r.stdout
+    assert "embedded (this node's data_dir): limits, spend, concurrency\n" in r.stdout
     assert "s3cret" not in r.stdout + r.stderr
 
 
 def test_each_engine_is_optional(tmp_path):
     _, r = check(tmp_path, 'state: {database: "postgresql://u@db/modelway"}\n')
     assert r.returncode == 0, r.stderr
-    assert "via Redis" not in r.stdout and "shared: stored responses via PostgreSQL" in r.stdout
+    assert "via Redis" not in r.stdout and "shared: keys, ledger, stored responses via PostgreSQL" in r.stdout
     assert "cooldowns" in r.stdout.split("embedded")[1]
     _, r = check(tmp_path, 'state: {redis: "${REDIS_URL:-}", database: "${DATABASE_URL:-}"}\n')
     assert r.returncode == 0 and "shared:" not in r.stdout       # empty values leave an engine off
