@@ -34,7 +34,7 @@ def _database_url(args) -> str | None:
 def _store(args):
     url = _database_url(args)
     if url:
-        from proxy.state.pg_cli import PostgresCliKeys
+        from proxy.state.pg_cli import PostgresCliKeys   # asyncpg loads only when state.database asks for it
         return PostgresCliKeys(url)
     from proxy.store.db import Database
     from proxy.store.keys import KeyStore
@@ -131,7 +131,7 @@ def cmd_usage(args) -> int:
         return 2
     url = _database_url(args)
     if url:
-        from proxy.state.pg_cli import usage_report as shared_usage_report
+        from proxy.state.pg_cli import usage_report as shared_usage_report   # as above: only with state.database
         rows = shared_usage_report(url, by=args.by, since=since, until=until, key_id=args.key)
     else:
         path = db_path(_data_dir(args))

@@ -26,8 +26,8 @@ _ROLLUP_COLUMNS = ("day", "key_id", "model", "key_label", "requests", "prompt_to
 
 
 def _insert(table: str, columns: tuple[str, ...]) -> str:
-    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(columns)))}) "
-            "ON CONFLICT DO NOTHING")
+    marks = ", ".join(f"${i + 1}" for i in range(len(columns)))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) ON CONFLICT DO NOTHING"
 
 
 def _uid(row: tuple) -> str:

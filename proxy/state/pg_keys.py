@@ -90,7 +90,6 @@ async def _create(conn, fields: dict) -> tuple[dict, str, str]:
     now = time.time()
     values = {name: _pg(name, fields.get(name)) for name in UPDATABLE}
     values.update(id=key_id, sha256=hash_secret(secret), prefix=mask_secret(secret), created_at=now, updated_at=now)
-    values["disabled"] = bool(values["disabled"])
     names = list(values)
     await conn.execute(f"INSERT INTO api_keys ({', '.join(names)}) "
                        f"VALUES ({', '.join(f'${i + 1}' for i in range(len(names)))})", *values.values())
@@ -244,8 +243,9 @@ class PostgresKeyStore(ManagedKeys):
             self._wake.clear()
             try:
                 await self._sync_once()
-            except Exception as exc:     # the database is down: keep the copy, retry
-                log.warning("keys_sync_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            except Exception as exc:     # keep the copy, retry
+                if not isinstance(exc, EngineDown):    # the engine logs its own outage, once
+                    log.warning("keys_sync_failed", error=f"{type(exc).__name__}: {exc}"[:300])
                 await asyncio.sleep(RETRY_SECONDS)
                 self._wake.set()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from proxy.state.pg_keys import PostgresKeyStore
 from proxy.state.pg_ledger import PostgresLedger
 from proxy.store.db import Database
@@ -67,7 +69,9 @@ async def test_migrate_from_sqlite_moves_keys_ledger_and_rollups_once(tmp_path, 
         assert found["id"] == record["id"] and found["allowed_models"] == ["m*"]
         for key in (record["id"], "key_static", None):
             _same([await shared.balance(key, now)], [await embedded.balance(key, now)])
-        assert (await shared.balance(record["id"], now))["balance"] == (await embedded.balance(record["id"], now))["balance"]
+        same_balance = (await embedded.balance(record["id"], now))["balance"]
+        assert (await shared.balance(record["id"], now))["balance"] == same_balance
+        assert same_balance == pytest.approx(5.0 - 80 * 0.01)
         for group in ("day", "model", "key"):
             _same(await shared.analytics(None, group), await embedded.analytics(None, group))
     finally:

@@ -92,7 +92,8 @@ async def test_a_batch_written_twice_is_stored_and_charged_once(engines, pg_url)
     assert await _count(pg_url) == (2, 2)
 
 
-async def test_database_down_rows_spooled_then_replayed_exactly_once(node, engines, pg_url, postgres_server):  # noqa: F811
+async def test_database_down_rows_spooled_then_replayed_exactly_once(  # noqa: F811
+        node, engines, pg_url, postgres_server):  # noqa: F811
     keys = PostgresKeyStore(await engines())
     record, _ = await keys.acreate("paid", balance=100.0)
     ledger = await node("a")
@@ -179,8 +180,10 @@ async def test_reads_equal_the_embedded_ledgers_for_the_same_rows_with_retention
         _same(strip(await shared.activity("key_a", 20, 5, now - 2 * DAY)),
               strip(await embedded.activity("key_a", 20, 5, now - 2 * DAY)))
         for group in ("day", "model", "key"):
-            for key, since, until in ((None, None, None), ("key_b", now - 6 * DAY, now - DAY), (None, now - 8 * DAY, None)):
-                _same(await shared.analytics(key, group, since, until), await embedded.analytics(key, group, since, until))
+            for key, since, until in ((None, None, None), ("key_b", now - 6 * DAY, now - DAY),
+                                      (None, now - 8 * DAY, None)):
+                _same(await shared.analytics(key, group, since, until),
+                      await embedded.analytics(key, group, since, until))
         for key in (None, "key_a", "nope"):
             _same([await shared.balance(key, now)], [await embedded.balance(key, now)])
             assert await shared.spend_today(key, now) == pytest.approx(await embedded.spend_today(key, now))
