@@ -117,7 +117,8 @@ class PostgresKeyStore(ManagedKeys):
         self._by_hash: dict[str, dict] = {}
         self._missing = MissingKeys()
         self._fetching: dict[str, asyncio.Future] = {}
-        self._raced: set[str] = set()        # hashes notified while a fetch of them ran
+        self._reading: dict[str, int] = {}   # hash -> reads of it in flight
+        self._raced: set[str] = set()        # hashes notified while a read of them was in flight
         self._dirty: set[str] = set()        # hashes notified, not re-read yet
         self._full = True                    # a full reload is due
         self._wake = asyncio.Event()
@@ -142,17 +143,31 @@ class PostgresKeyStore(ManagedKeys):
         return await asyncio.shield(pending)
 
     async def _fetch(self, sha256_hex: str) -> dict | None:
-        self._raced.discard(sha256_hex)
+        found, stale = await self._read([sha256_hex])
+        record = found.get(sha256_hex)
+        if not stale:                  # else the sync task re-reads it
+            if record is not None:
+                self._by_hash[sha256_hex] = record
+            else:
+                self._missing.add(sha256_hex)
+        return record
+
+    async def _read(self, digests: list[str]) -> tuple[dict[str, dict], set[str]]:
+        """The records of these keys, and those whose answer may be older than a notification
+        that came while the query ran (not to be kept: the sync task reads them again)."""
+        for digest in digests:
+            self._reading[digest] = self._reading.get(digest, 0) + 1
         try:
-            record = (await self.engine.call(_find, [sha256_hex])).get(sha256_hex)
-            if sha256_hex not in self._raced:      # else the sync task re-reads it
-                if record is not None:
-                    self._by_hash[sha256_hex] = record
-                else:
-                    self._missing.add(sha256_hex)
-            return record
+            found = await self.engine.call(_find, digests)
         finally:
-            self._raced.discard(sha256_hex)
+            stale = {digest for digest in digests if digest in self._raced}
+            for digest in digests:
+                left = self._reading.pop(digest) - 1
+                if left:
+                    self._reading[digest] = left
+                else:
+                    self._raced.discard(digest)
+        return found, stale
 
     # --- changes ---------------------------------------------------------------------------
     async def _call(self, fn, *args):
@@ -196,15 +211,17 @@ class PostgresKeyStore(ManagedKeys):
     # --- the copy --------------------------------------------------------------------------
     def _notified(self, conn, pid, channel, payload: str) -> None:
         self._missing.discard(payload)
-        if payload in self._fetching:
+        if payload in self._reading:
             self._raced.add(payload)
         self._dirty.add(payload)
         self._wake.set()
 
     async def _reread(self, digests: list[str]) -> None:
         """Re-read these keys into the copy: a key gone is dropped."""
-        found = await self.engine.call(_find, digests)
+        found, stale = await self._read(digests)
         for digest in digests:
+            if digest in stale:
+                continue
             record = found.get(digest)
             if record is None:
                 self._by_hash.pop(digest, None)
