@@ -34,7 +34,7 @@ from proxy.state import pg_usage
 from proxy.state.engines import EngineDown, PostgresEngine
 from proxy.store.db import LEDGER_COLUMNS, Database, stop_task, transaction
 from proxy.store.ledger import LedgerWriter, _converted, _plain_numbers
-from proxy.store.usage import query_activity, query_analytics, query_balance, query_spend
+from proxy.store.usage import query_activity, query_analytics, query_balance, query_latency, query_spend
 
 log = structlog.get_logger(__name__)
 
@@ -120,7 +120,7 @@ def unspool(conn: sqlite3.Connection, seqs: list[int]) -> None:
 
 # the embedded read of each LedgerWriter read method -> the same read in PostgreSQL
 _READS = {query_activity: pg_usage.activity, query_analytics: pg_usage.analytics,
-          query_balance: pg_usage.balance, query_spend: pg_usage.spend}
+          query_balance: pg_usage.balance, query_latency: pg_usage.latency, query_spend: pg_usage.spend}
 _SEQ, _UID = itemgetter(0), itemgetter(1)
 
 

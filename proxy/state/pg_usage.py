@@ -11,6 +11,7 @@ of them work at a time.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import structlog
@@ -62,10 +63,22 @@ def _where_days(p: _Params, key_id: str | None, since: float | None, until: floa
     return " WHERE " + " AND ".join(clauses) if clauses else ""
 
 
+_STATUS_SQL = {"ok": "status < 400 AND error_type IS NULL", "error": "(status >= 400 OR error_type IS NOT NULL)"}
+
+
 async def activity(conn, key_id: str | None, limit: int, offset: int, since: float | None,
-                   until: float | None = None) -> list[dict]:
+                   until: float | None = None, model: str | None = None,
+                   status: str | int | None = None) -> list[dict]:
     p = _Params()
     where = _where(p, key_id, since, until)
+    clauses = [where[len(" WHERE "):]] if where else []
+    if model is not None:
+        clauses.append(f"model = {p(model)}")
+    if isinstance(status, int):
+        clauses.append(f"status = {p(status)}")
+    elif status is not None:
+        clauses.append(_STATUS_SQL[status])
+    where = " WHERE " + " AND ".join(clauses) if clauses else ""
     rows = await conn.fetch(f"SELECT id, {', '.join(LEDGER_COLUMNS)} FROM ledger{where} "
                             f"ORDER BY created_at DESC, id DESC LIMIT {p(limit)} OFFSET {p(offset)}", *p.values)
     out = [dict(r) for r in rows]
@@ -73,6 +86,20 @@ async def activity(conn, key_id: str | None, limit: int, offset: int, since: flo
         for c in _BOOL_COLUMNS:
             r[c] = bool(r[c])
     return out
+
+
+async def latency(conn, key_id: str | None, since: float, limit: int) -> dict:
+    """p50 and p99 of latency_ms (nearest rank) over the newest `limit` rows since `since`."""
+    p = _Params()
+    where = _where(p, key_id, since, None)
+    values = sorted(r[0] for r in await conn.fetch(
+        f"SELECT latency_ms FROM ledger{where} AND latency_ms IS NOT NULL ORDER BY created_at DESC "
+        f"LIMIT {p(limit)}", *p.values))
+    n = len(values)
+    if not n:
+        return {"p50_ms": None, "p99_ms": None, "samples": 0}
+    return {"p50_ms": values[max(math.ceil(n * 0.50), 1) - 1], "p99_ms": values[max(math.ceil(n * 0.99), 1) - 1],
+            "samples": n}
 
 
 # group -> (its columns over ledger rows, over rollups, the outer select, the order)

@@ -81,7 +81,12 @@ class Ledger:
         raise NotImplementedError
 
     async def activity(self, key_id: str | None = None, limit: int = 50, offset: int = 0,
-                       since: float | None = None, until: float | None = None) -> list[dict]:
+                       since: float | None = None, until: float | None = None, model: str | None = None,
+                       status: str | int | None = None) -> list[dict]:
+        raise NotImplementedError
+
+    async def latency(self, key_id: str | None, since: float, limit: int = 20_000) -> dict:
+        """{p50_ms, p99_ms, samples} over the newest `limit` rows since `since`."""
         raise NotImplementedError
 
     async def analytics(self, key_id: str | None = None, group_by: str = "day",

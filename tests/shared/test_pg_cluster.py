@@ -58,6 +58,8 @@ async def test_managed_keys_and_the_ledger_across_two_nodes(tmp_path, http, redi
         assert len({r["request_id"] for r in rows}) == 7
         balance = (await _get(http, vm1, f"/v1/account/balance?key_id={key_id}"))["data"]
         assert balance["requests"] == 7 and balance["balance"] == round(1.0 - balance["total_spent"], 10)
+        overview = await _get(http, vm1, f"/v1/console/overview?key_id={key_id}")      # the console: both nodes' rows
+        assert overview["windows"]["today"]["requests"] == 7 and overview["latency"]["samples"] == 7
 
         async with http.delete(vm1.url + f"/v1/account/keys/{key_id}",
                                headers={"Authorization": f"Bearer {ADMIN}"}) as resp:

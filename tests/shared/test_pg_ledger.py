@@ -146,6 +146,8 @@ def _mixed_rows(now: float) -> list[tuple]:
             row = list(request_row(i, key, cost=rnd.random() / 100, created_at=at))
             row[4] = rnd.choice(["m1", "m2", "B-upper", "a-lower"])
             row[12] = rnd.choice([0, 1])
+            row[9] = rnd.choice([200, 200, 429, 500])
+            row[19] = round(rnd.uniform(1, 900), 3)
             rows.append(tuple(row))
     return rows
 
@@ -179,6 +181,11 @@ async def test_reads_equal_the_embedded_ledgers_for_the_same_rows_with_retention
         _same(strip(await shared.activity(limit=1000)), strip(await embedded.activity(limit=1000)))
         _same(strip(await shared.activity("key_a", 20, 5, now - 2 * DAY)),
               strip(await embedded.activity("key_a", 20, 5, now - 2 * DAY)))
+        for model, status in (("m1", None), (None, "ok"), (None, "error"), ("m2", 500), (None, 200)):
+            _same(strip(await shared.activity(None, 1000, 0, None, None, model, status)),
+                  strip(await embedded.activity(None, 1000, 0, None, None, model, status)))
+        for key, since, limit in ((None, now - 2 * DAY, 20_000), ("key_a", now - 3 * DAY, 7), (None, now + 1, 10)):
+            assert await shared.latency(key, since, limit) == await embedded.latency(key, since, limit)
         for group in ("day", "model", "key"):
             for key, since, until in ((None, None, None), ("key_b", now - 6 * DAY, now - DAY),
                                       (None, now - 8 * DAY, None)):
