@@ -1,5 +1,6 @@
 """`modelway keys ...` and `modelway usage ...`: the key store and the ledger from the shell.
-They open the same SQLite file as the running gateway (WAL: safe while it serves)."""
+They open the same SQLite file as the running gateway (WAL: safe while it serves), or, when
+routes.yaml names `state.database`, the shared PostgreSQL (proxy/state/pg_cli.py)."""
 from __future__ import annotations
 
 import argparse
@@ -24,11 +25,26 @@ def _auth_off(args) -> bool:
     return _load_or_exit(args.config).auth_mode == "none"
 
 
+def _database_url(args) -> str | None:
+    """state.database: keys and the ledger live in the shared PostgreSQL, not data_dir."""
+    from proxy.cli import _load_or_exit
+    return _load_or_exit(args.config).state.database
+
+
 def _store(args):
+    url = _database_url(args)
+    if url:
+        from proxy.state.pg_cli import PostgresCliKeys   # asyncpg loads only when state.database asks for it
+        return PostgresCliKeys(url)
     from proxy.store.db import Database
     from proxy.store.keys import KeyStore
     private_dir(_data_dir(args))
     return KeyStore(Database(_data_dir(args)))
+
+
+def _close(store) -> None:
+    db = getattr(store, "db", None)
+    (db or store).close()
 
 
 def _fields(args) -> dict:
@@ -98,7 +114,7 @@ def cmd_keys(args) -> int:
                 return 1
             print(f"revoked {args.id}")
     finally:
-        store.db.close()
+        _close(store)
     return 0
 
 
@@ -113,11 +129,16 @@ def cmd_usage(args) -> int:
     except GatewayError as exc:
         print(f"modelway: {exc.message}", file=sys.stderr)
         return 2
-    path = db_path(_data_dir(args))
-    if not os.path.exists(path):
-        print("no ledger yet (no request has been served with this data_dir)")
-        return 0
-    rows = usage_report(path, by=args.by, since=since, until=until, key_id=args.key)
+    url = _database_url(args)
+    if url:
+        from proxy.state.pg_cli import usage_report as shared_usage_report   # as above: only with state.database
+        rows = shared_usage_report(url, by=args.by, since=since, until=until, key_id=args.key)
+    else:
+        path = db_path(_data_dir(args))
+        if not os.path.exists(path):
+            print("no ledger yet (no request has been served with this data_dir)")
+            return 0
+        rows = usage_report(path, by=args.by, since=since, until=until, key_id=args.key)
     if args.format == "json":
         _print([{**r, "cost": usd(r["cost"])} for r in rows])
     else:

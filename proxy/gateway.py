@@ -137,19 +137,14 @@ class Gateway:
         snapshots; the stores picked per kind (proxy/state/stores.py: the limit counters, the
         response cache, cooldowns, stored responses)."""
         from proxy.store.db import Database
-        from proxy.store.keys import KeyStore
-        from proxy.store.ledger import LedgerWriter
         from proxy.store.metrics import Metrics
         from proxy.state.stores import open_stores
         self.db = Database(self.data_dir)
         self.metrics = Metrics(self.data_dir)
-        self.ledger = LedgerWriter(self.db, metrics=self.metrics, retention_days=self.config.ledger.retention_days)
-        self.keys = KeyStore(self.db)
-        await self.ledger.start()
-        await self.keys.start()
         self.stores = await open_stores(self.config, self.data_dir, self.db, self.metrics)   # embedded or shared
         self.responses, self.cooldowns = self.stores.responses, self.stores.cooldowns
         self.response_cache = self.stores.response_cache
+        self.keys, self.ledger = self.stores.keys, self.stores.ledger
         self.counters = self.stores.limits      # the per-key limits (LimitStore): data_dir's counters or Redis
         await self.metrics.start()
         self._spend_flusher = asyncio.ensure_future(self._flush_spend())

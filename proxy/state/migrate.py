@@ -1,7 +1,7 @@
 """`modelway migrate`: create or upgrade the PostgreSQL schema of `state.database` (a node does
 the same at start), and with `--from-sqlite PATH` copy a one-VM install's stored responses from
-its SQLite file into it. Keys and the ledger are not moved yet: they stay in SQLite until their
-PostgreSQL stores exist (the command says so)."""
+its SQLite file into it, and its managed keys, ledger rows and daily rollups (pg_import.py).
+Run again, it copies nothing twice."""
 from __future__ import annotations
 
 import asyncio
@@ -12,6 +12,7 @@ import sys
 import asyncpg
 
 from proxy.state import schema
+from proxy.state.pg_import import migrate_from_sqlite
 from proxy.state.urls import masked
 
 CONNECT_SECONDS = 10.0
@@ -49,7 +50,8 @@ async def _migrate(url: str, source: str | None) -> int:
         if source is not None:
             moved, total = await _copy_responses(conn, source)
             print(f"{source}: copied {moved} of {total} stored responses ({total - moved} already there)")
-            print("keys and the ledger are not moved: they stay in SQLite until their PostgreSQL stores exist")
+            for what, (moved, total) in (await migrate_from_sqlite(conn, source)).items():
+                print(f"{source}: copied {moved} of {total} {what} ({total - moved} already there)")
     finally:
         await conn.close()
     return 0

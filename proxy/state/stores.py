@@ -8,6 +8,8 @@ interface, the table below says what is behind it.
     cooldowns          proxy.health.Health                LocalHealth                   RedisHealth (Redis)
     response cache     proxy.response_cache.CacheBackend  ResponseCache (data_dir)      RedisResponseCache (Redis)
     stored responses   proxy.store.responses.ResponseStore SQLiteResponses (data_dir)   PostgresResponses (PostgreSQL)
+    keys               proxy.store.base.ManagedKeys       KeyStore (data_dir)           PostgresKeyStore (PostgreSQL)
+    ledger             proxy.store.base.Ledger            LedgerWriter (data_dir)       PostgresLedger (PostgreSQL)
 
 A kind's shared implementation is used when routes.yaml's `state:` names the engine it needs;
 else the embedded one. Implementations are named by "module:Class" (imported only when picked,
@@ -49,8 +51,8 @@ KINDS: tuple[Kind, ...] = (
     Kind("cooldowns", "cooldowns", "redis", "proxy.health:LocalHealth", "proxy.state.cooldowns:RedisHealth"),
     Kind("response cache", "response_cache", "redis", "proxy.response_cache:ResponseCache",
          "proxy.state.response_cache:RedisResponseCache"),
-    Kind("keys", "keys", "database"),
-    Kind("ledger", "ledger", "database"),
+    Kind("keys", "keys", "database", "proxy.store.keys:KeyStore", "proxy.state.pg_keys:PostgresKeyStore"),
+    Kind("ledger", "ledger", "database", "proxy.store.ledger:LedgerWriter", "proxy.state.pg_ledger:PostgresLedger"),
     Kind("stored responses", "responses", "database", "proxy.store.responses:SQLiteResponses",
          "proxy.state.pg_responses:PostgresResponses"),
 )

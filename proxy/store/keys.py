@@ -38,6 +38,7 @@ import orjson
 import structlog
 
 from proxy.errors import InvalidRequest
+from proxy.store.base import ManagedKeys
 from proxy.store.db import Database, bump_version, fetch_dicts, read_versions, stop_task, transaction
 from proxy.store.usage import utc_day_start
 
@@ -224,15 +225,47 @@ def _find(conn: sqlite3.Connection, sha256_hex: str) -> tuple[dict[str, int], di
     return versions, (_decode(rows[0]) if rows else None)
 
 
-class KeyStore:
+class MissingKeys:
+    """The negative cache: hashes the store said lately it does not know, each for MISSING_TTL
+    seconds, at most MISSING_MAX (the oldest forgotten first)."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}      # sha256 -> monotonic time until which it is unknown
+
+    def __contains__(self, sha256_hex: str) -> bool:
+        until = self._until.get(sha256_hex)
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        del self._until[sha256_hex]
+        return False
+
+    def add(self, sha256_hex: str) -> None:
+        if len(self._until) >= MISSING_MAX:
+            del self._until[next(iter(self._until))]
+        self._until[sha256_hex] = time.monotonic() + MISSING_TTL
+
+    def discard(self, sha256_hex: str) -> None:
+        self._until.pop(sha256_hex, None)
+
+    def clear(self) -> None:
+        self._until.clear()
+
+
+class KeyStore(ManagedKeys):
     """Managed keys in `api_keys`, with an in-memory index by sha256 for auth."""
+
+    @classmethod
+    def build(cls, ctx) -> "KeyStore":
+        return cls(ctx.db)
 
     def __init__(self, db: Database, *, poll_interval: float = 0.5) -> None:
         self.db = db
         self.poll_interval = poll_interval
         self._by_hash: dict[str, dict] = {}
         self._versions: dict[str, int] = {}
-        self._missing: dict[str, float] = {}    # sha256 -> monotonic time until which it is unknown
+        self._missing = MissingKeys()
         self._fetching: dict[str, asyncio.Future] = {}
         self._task: asyncio.Task | None = None
 
@@ -244,13 +277,7 @@ class KeyStore:
 
     def known_missing(self, sha256_hex: str) -> bool:
         """True if the store said lately (MISSING_TTL) that there is no such key."""
-        until = self._missing.get(sha256_hex)
-        if until is None:
-            return False
-        if until > time.monotonic():
-            return True
-        del self._missing[sha256_hex]
-        return False
+        return sha256_hex in self._missing
 
     async def fetch(self, sha256_hex: str) -> dict | None:
         """The masked record of a key `lookup` did not know, read from the store (None: no such
@@ -267,9 +294,7 @@ class KeyStore:
             if versions == self._versions:     # else a rebuild is due: it will bring the key
                 self._by_hash[sha256_hex] = record
         elif versions.get("keys_version") == self._versions.get("keys_version"):
-            if len(self._missing) >= MISSING_MAX:
-                del self._missing[next(iter(self._missing))]
-            self._missing[sha256_hex] = time.monotonic() + MISSING_TTL
+            self._missing.add(sha256_hex)
         return record
 
     # --- sync, for the CLI ---------------------------------------------------------------

@@ -34,6 +34,7 @@ from typing import Any, Callable
 import structlog
 
 from proxy.errors import Unavailable
+from proxy.store.base import Ledger
 from proxy.store.db import (LEDGER_COLUMNS, NONE_NUMBER, NONE_TEXT, bump_version, Database, grouped,
                             insert_rows, stop_task, transaction)
 from proxy.store.retention import Pruner
@@ -193,7 +194,7 @@ def _charge(conn: sqlite3.Connection, rows: list[tuple], last: int) -> None:
         bump_version(conn, "balance_version")
 
 
-class LedgerWriter:
+class LedgerWriter(Ledger):
     """Batched, non-blocking ledger writes, their health, retention, and the read queries of
     the account API.
 
@@ -207,6 +208,10 @@ class LedgerWriter:
     /readyz turns 503. With `metrics`, it counts `modelway_ledger_write_failures_total` and
     `modelway_ledger_rows_dropped_total` and sets `modelway_ledger_queue_depth`.
     """
+
+    @classmethod
+    def build(cls, ctx) -> "LedgerWriter":
+        return cls(ctx.db, metrics=ctx.metrics, retention_days=ctx.config.ledger.retention_days)
 
     def __init__(self, db: Database, *, interval: float = 0.25, max_pending: int = 100_000,
                  metrics=None, retention_days: int | None = None) -> None:
@@ -273,10 +278,14 @@ class LedgerWriter:
             if not self._pending:
                 return
             batch, self._pending = self._pending, []
-            write = asyncio.ensure_future(self.db.run(write_batch, batch))
+            write = asyncio.ensure_future(self._write(batch))
             write.add_done_callback(functools.partial(self._requeue_on_failure, batch))
             self._inflight = write
             await asyncio.shield(write)
+
+    async def _write(self, batch: list[tuple]) -> None:
+        """Store one batch for good (raises: the batch is requeued)."""
+        await self.db.run(write_batch, batch)
 
     def _requeue_on_failure(self, batch: list[tuple], write: asyncio.Future) -> None:
         exc = write.exception() if not write.cancelled() else asyncio.CancelledError()
