@@ -409,6 +409,20 @@ def report(args, h: Hostile, exit_code: int, fd_limit: int, wall: float) -> str:
     return "\n".join(lines)
 
 
+def log_summary(path: Path) -> str:
+    """The gateway's output: its size, and its access-log lines per status (401s are sampled)."""
+    statuses: Counter = Counter()
+    longest = 0
+    with open(path, "rb") as f:
+        for line in f:
+            longest = max(longest, len(line))
+            if b'"event":"request"' in line:
+                at = line.find(b'"status":')
+                statuses[line[at + 9:at + 12].decode("latin-1")] += 1
+    return (f"gateway log: {path.stat().st_size} bytes, longest line {longest} bytes; request lines by status: "
+            f"{dict(sorted(statuses.items()))}")
+
+
 async def main_async(args) -> int:
     fd_limit = raise_fd_limit()
     need = 2 * (args.idle + args.slowloris) + 1000
@@ -433,6 +447,7 @@ async def main_async(args) -> int:
         exit_code = stop(gateway, 30)
         stop(upstream, 10)
     print(report(args, hostile, exit_code, fd_limit, time.monotonic() - wall))
+    print(log_summary(tmp / "gateway.log"))
     if args.keep:
         print(f"kept {tmp}", file=sys.stderr)
     else:
