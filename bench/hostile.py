@@ -3,7 +3,7 @@ and giant model names on a wildcard route; reports normal traffic's latency besi
 run, and the gateway's RSS, open files, `/metrics` size and ledger growth over time.
 
     python -m bench.hostile [--minutes 2] [--quiet-seconds 30] [--idle 1000] [--slowloris 300]
-                            [--bad-key-rate 200] [--giant-rate 20] [--giant-kb 16] [--rate 20]
+                            [--bad-key-rate 200] [--giant-rate 20] [--giant-kb 100] [--rate 20]
 
 Not a CI test. Everything runs on 127.0.0.1 in a temp dir: `bench.fake_upstream` and
 `modelway serve` (full middleware chain, one worker) as subprocesses, this process as every
@@ -27,11 +27,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import multiprocessing
 import random
 import secrets
 import shutil
 import sqlite3
-import string
 import sys
 import tempfile
 import time
@@ -84,6 +84,8 @@ class Tally:
     closed_by_gateway: Counter = field(default_factory=Counter)     # idle / slowloris connections
     lifetimes: dict[str, list[float]] = field(default_factory=lambda: {"idle": [], "slowloris": []})
     open_now: Counter = field(default_factory=Counter)
+    request_ids: dict[str, list[str]] = field(default_factory=lambda: {"quiet": [], "hostile": []})   # normal 200s
+    gateway_latency: dict[str, list[float]] = field(default_factory=dict)   # normal, from the ledger (s)
     samples: list[Sample] = field(default_factory=list)
 
     def count(self, kind: str, outcome) -> None:
@@ -92,13 +94,16 @@ class Tally:
 
 class Hostile:
     def __init__(self, args, port: int, secret: str, gw_pid: int, db: Path):
-        self.args, self.port, self.gw_pid, self.db = args, port, gw_pid, db
+        self.args, self.port, self.secret, self.gw_pid, self.db = args, port, secret, gw_pid, db
         self.base = f"http://127.0.0.1:{port}"
         self.good = {"Authorization": f"Bearer {secret}"}
         self.t = Tally()
         self.started = time.monotonic()
         self.phase, self.deadline = "quiet", 0.0
         self.rng = random.Random(1)
+        self.statuses: Counter = Counter()      # ledger rows per status, read at the end
+        # idle and slowloris connections open now: written by the attack process, sampled here
+        self.open_counts = multiprocessing.get_context("spawn").Array("i", 2)
 
     # -- well-behaved and flooding HTTP clients ------------------------------------------------
 
@@ -108,6 +113,8 @@ class Hostile:
             async with http.post(self.base + CHAT, json=body, headers=headers) as resp:
                 await resp.read()
             self.t.count(kind, resp.status)
+            if resp.status == 200 and kind.startswith("normal "):
+                self.t.request_ids[kind[7:]].append(resp.headers.get("x-request-id", ""))
             return time.perf_counter() - t0 if resp.status == 200 else None
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             self.t.count(kind, type(exc).__name__)
@@ -148,7 +155,7 @@ class Hostile:
         size = self.args.giant_kb * 1024
 
         async def send(i: int) -> None:
-            name = "wild/" + "".join(self.rng.choices(string.ascii_letters, k=size))
+            name = "wild/" + secrets.token_hex(size // 2)     # new each time; hex is cheap to make
             await self.post(http, "giant name", {"model": name, "messages": [{"role": "user", "content": "hi"}]},
                             self.good)
         await self.paced(self.args.giant_rate, send)
@@ -223,11 +230,32 @@ class Hostile:
             rows = -1
         return rows, size
 
+    def ledger_latency(self) -> dict[str, list[float]]:
+        """The gateway's own latency (`latency_ms` in the ledger) of the normal requests answered 200."""
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
+        try:
+            by_id = dict(conn.execute("SELECT request_id, latency_ms FROM ledger WHERE status = 200"))
+        finally:
+            conn.close()
+        return {phase: [by_id[r] / 1000 for r in ids if by_id.get(r) is not None]
+                for phase, ids in self.t.request_ids.items()}
+
+    def ledger_statuses(self) -> Counter:
+        """Ledger rows per HTTP status, over the whole run."""
+        try:
+            conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
+            try:
+                return Counter(dict(conn.execute("SELECT status, count(*) FROM ledger GROUP BY status")))
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return Counter()
+
     async def sample(self, http: aiohttp.ClientSession) -> None:
         rows, size = await asyncio.to_thread(self.ledger)
         self.t.samples.append(Sample(time.monotonic() - self.started, self.phase, rss_mb(self.gw_pid),
                                      fd_count(self.gw_pid), cpu_seconds(self.gw_pid), await self.metrics_bytes(http),
-                                     rows, size, self.t.open_now["idle"], self.t.open_now["slowloris"]))
+                                     rows, size, self.open_counts[0], self.open_counts[1]))
 
     async def sampler(self, http: aiohttp.ClientSession) -> None:
         while True:
@@ -236,28 +264,109 @@ class Hostile:
 
     # -- the two phases ---------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def attack(self) -> None:
+        """Every attacker until the deadline; runs in the attack process (`attack_process`)."""
+        async def publish() -> None:
+            while True:
+                self.open_counts[0], self.open_counts[1] = self.t.open_now["idle"], self.t.open_now["slowloris"]
+                await asyncio.sleep(0.5)
         timeout = aiohttp.ClientTimeout(total=30)
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as http, \
-                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), timeout=timeout) as flood:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), timeout=timeout) as flood:
+            attackers = [self.hold("idle", w, b"", None) for w in range(self.args.idle)]
+            attackers += [self.slowloris(self.args.idle + w) for w in range(self.args.slowloris)]
+            attackers += [self.bad_keys(flood), self.giant_names(flood)]
+            tasks = [asyncio.ensure_future(a) for a in attackers]
+            publisher = asyncio.ensure_future(publish())
+            _, late = await asyncio.wait(tasks, timeout=self.deadline - time.monotonic() + 60)
+            for task in late:
+                task.cancel()
+            publisher.cancel()
+            self.open_counts[0] = self.open_counts[1] = 0
+
+    async def run(self) -> None:
+        """The quiet phase, then the hostile one: normal traffic and sampling here, the attackers
+        in a second process, so that their CPU does not delay this one's normal requests."""
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as http:
             sampler = asyncio.ensure_future(self.sampler(http))
             try:
                 self.deadline = time.monotonic() + self.args.quiet_seconds
                 await self.normal(http)
+                await asyncio.sleep(2)     # the ledger's last batch of the quiet phase
                 await self.sample(http)
                 self.phase, self.deadline = "hostile", time.monotonic() + self.args.minutes * 60
-                attackers = [self.hold("idle", w, b"", None) for w in range(self.args.idle)]
-                attackers += [self.slowloris(self.args.idle + w) for w in range(self.args.slowloris)]
-                attackers += [self.bad_keys(flood), self.giant_names(flood), self.normal(http)]
-                tasks = [asyncio.ensure_future(a) for a in attackers]
-                _, late = await asyncio.wait(tasks, timeout=self.args.minutes * 60 + 60)
-                for task in late:
-                    task.cancel()
+                mp = multiprocessing.get_context("spawn")
+                results, sender = mp.Pipe(duplex=False)
+                attackers = mp.Process(target=attack_process, daemon=True, args=(
+                    self.args, self.port, self.secret, self.deadline, self.open_counts, sender))
+                attackers.start()
+                try:
+                    await self.normal(http)
+                    wait = self.deadline - time.monotonic() + 90
+                    got = await asyncio.to_thread(lambda: results.recv() if results.poll(wait) else None)
+                finally:
+                    await asyncio.to_thread(attackers.join, 10)
+                    if attackers.is_alive():
+                        attackers.kill()
+                if got is not None:
+                    self.t.statuses.update(got[0])
+                    self.t.closed_by_gateway, self.t.lifetimes = got[1], got[2]
                 self.phase = "after"
                 await asyncio.sleep(2)     # the ledger's last batch
                 await self.sample(http)
+                self.statuses = await asyncio.to_thread(self.ledger_statuses)
+                self.t.gateway_latency = await asyncio.to_thread(self.ledger_latency)
             finally:
                 sampler.cancel()
+
+
+def attack_process(args, port: int, secret: str, deadline: float, open_counts, sender) -> None:
+    """The attack process: every attacker until `deadline` (time.monotonic() is system-wide),
+    then its tallies sent back to the main process."""
+    h = Hostile(args, port, secret, 0, Path())
+    h.phase, h.deadline, h.open_counts = "hostile", deadline, open_counts
+    run_async(h.attack())
+    sender.send((h.t.statuses, h.t.closed_by_gateway, h.t.lifetimes))
+    sender.close()
+
+
+def summary(h: Hostile) -> list[str]:
+    """The headline table: each number the hardening issue asks for, quiet beside hostile."""
+    t = h.t
+    quiet = [s for s in t.samples if s.phase == "quiet"]
+    hostile = [s for s in t.samples if s.phase == "hostile"]
+    after = [s for s in t.samples if s.phase == "after"]
+    if not (quiet and hostile and after):
+        return []
+    q, last, end = quiet[-1], hostile[-1], after[-1]
+    ms = lambda v: f"{v * 1000:.1f}"  # noqa: E731
+    sent = {kind: sum(got.values()) for kind, got in t.statuses.items()}
+    refused = sum(n for got in t.statuses.values() for outcome, n in got.items()
+                  if outcome in (503, "answered 503") or str(outcome).startswith("connect "))
+    legit = sent.get("normal hostile", 0) + sent.get("giant name", 0)
+    rows = end.ledger_rows - q.ledger_rows
+    return [
+        "| | quiet | hostile |", "|---|---:|---:|",
+        f"| normal traffic p50 / p99 (ms) | {ms(pct(t.latency['quiet'], 50))} / {ms(pct(t.latency['quiet'], 99))} "
+        f"| {ms(pct(t.latency['hostile'], 50))} / {ms(pct(t.latency['hostile'], 99))} |",
+        f"| the same inside the gateway (ledger `latency_ms`) p50 / p99 (ms) | "
+        f"{ms(pct(t.gateway_latency.get('quiet', []), 50))} / {ms(pct(t.gateway_latency.get('quiet', []), 99))} | "
+        f"{ms(pct(t.gateway_latency.get('hostile', []), 50))} / {ms(pct(t.gateway_latency.get('hostile', []), 99))} |",
+        f"| normal requests sent / answered 200 | {sent.get('normal quiet', 0)} / "
+        f"{t.statuses.get('normal quiet', Counter())[200]} | {sent.get('normal hostile', 0)} / "
+        f"{t.statuses.get('normal hostile', Counter())[200]} |",
+        f"| gateway RSS (MB): end of quiet; hostile peak / end; after | {q.rss_mb:.1f} "
+        f"| {max(s.rss_mb for s in hostile):.1f} / {last.rss_mb:.1f}; {end.rss_mb:.1f} |",
+        f"| `/metrics` (bytes): end of quiet; hostile max / end | {q.metrics_bytes} "
+        f"| {max(s.metrics_bytes for s in hostile)} / {last.metrics_bytes} |",
+        f"| gateway open fds: end of quiet; hostile peak; after | {q.fds} | {max(s.fds for s in hostile)}; {end.fds} |",
+        f"| ledger rows added (hostile: for {sent.get('normal hostile', 0)} normal + {sent.get('giant name', 0)} "
+        f"giant-name requests = {legit}, plus slowloris bodies cut off) | {q.ledger_rows} | {rows} |",
+        f"| ledger rows with status 401 (bad keys sent: {sent.get('bad key', 0)}) | | {h.statuses[401]} |",
+        f"| ledger bytes per row added | | {(end.ledger_bytes - q.ledger_bytes) / max(rows, 1):.0f} |",
+        f"| connections refused (503 `too_many_connections` or connect error) | | {refused} |",
+        f"| ledger rows by status (whole run) | | {dict(sorted(h.statuses.items()))} |",
+    ]
 
 
 def report(args, h: Hostile, exit_code: int, fd_limit: int, wall: float) -> str:
@@ -266,7 +375,7 @@ def report(args, h: Hostile, exit_code: int, fd_limit: int, wall: float) -> str:
     lines = [f"python -m bench.hostile --minutes {args.minutes:g} --quiet-seconds {args.quiet_seconds:g} "
              f"--idle {args.idle} --slowloris {args.slowloris} --bad-key-rate {args.bad_key_rate:g} "
              f"--giant-rate {args.giant_rate:g} --giant-kb {args.giant_kb} --rate {args.rate:g}",
-             f"wall {wall:.0f} s, fd limit {fd_limit}, gateway exit code {exit_code}", "",
+             f"wall {wall:.0f} s, fd limit {fd_limit}, gateway exit code {exit_code}", "", *summary(h), "",
              "| normal traffic | sent | ok | p50 (ms) | p99 (ms) | max (ms) |", "|---|---:|---:|---:|---:|---:|"]
     for phase in ("quiet", "hostile"):
         got, lat = t.statuses.get("normal " + phase, Counter()), t.latency[phase]
@@ -291,13 +400,27 @@ def report(args, h: Hostile, exit_code: int, fd_limit: int, wall: float) -> str:
                   f"ledger over the hostile phase: +{rows} rows for {answered} HTTP answers, "
                   f"{(last.ledger_bytes - first.ledger_bytes) / max(rows, 1) / 1024:.1f} KB a row"]
     lines.append("")
-    for kind in ("bad key", "giant name", "idle", "slowloris"):
+    for kind in ("normal quiet", "normal hostile", "bad key", "giant name", "idle", "slowloris"):
         got = t.statuses.get(kind, Counter())
         life = t.lifetimes.get(kind)
         extra = (f"; closed by the gateway {t.closed_by_gateway[kind]} times, after p50 {pct(life, 50):.1f} s, "
                  f"max {max(life, default=float('nan')):.1f} s") if life is not None else ""
         lines.append(f"{kind}: {dict(got) if got else 'nothing answered'}{extra}")
     return "\n".join(lines)
+
+
+def log_summary(path: Path) -> str:
+    """The gateway's output: its size, and its access-log lines per status (401s are sampled)."""
+    statuses: Counter = Counter()
+    longest = 0
+    with open(path, "rb") as f:
+        for line in f:
+            longest = max(longest, len(line))
+            if b'"event":"request"' in line:
+                at = line.find(b'"status":')
+                statuses[line[at + 9:at + 12].decode("latin-1")] += 1
+    return (f"gateway log: {path.stat().st_size} bytes, longest line {longest} bytes; request lines by status: "
+            f"{dict(sorted(statuses.items()))}")
 
 
 async def main_async(args) -> int:
@@ -324,6 +447,7 @@ async def main_async(args) -> int:
         exit_code = stop(gateway, 30)
         stop(upstream, 10)
     print(report(args, hostile, exit_code, fd_limit, time.monotonic() - wall))
+    print(log_summary(tmp / "gateway.log"))
     if args.keep:
         print(f"kept {tmp}", file=sys.stderr)
     else:
@@ -340,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slowloris", type=int, default=300, help="slowloris clients")
     parser.add_argument("--bad-key-rate", type=float, default=200.0, help="requests with a bad key per second")
     parser.add_argument("--giant-rate", type=float, default=20.0, help="giant-model-name requests per second")
-    parser.add_argument("--giant-kb", type=int, default=16, help="size of a giant model name (KB)")
+    parser.add_argument("--giant-kb", type=int, default=100, help="size of a giant model name (KB)")
     parser.add_argument("--rate", type=float, default=20.0, help="normal requests per second")
     parser.add_argument("--ramp", type=float, default=10.0, help="seconds over which the attackers connect")
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between samples")

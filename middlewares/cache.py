@@ -31,6 +31,7 @@ IGNORED = frozenset(("stream", "stream_options", "cache", "preset", "model", "us
                      "service_tier", "models"))
 FINISHED = ("stop", "tool_calls")   # a complete answer; "length" and the rest are not stored
 ROUTE_MEMO = 1024
+MEMO_NAME_MAX = 256     # characters of a model name worth memoising (a client may send 100 KB ones)
 # /v1/messages requests reach the chain translated to chat completions, and their replies are
 # translated back after it: one cache serves both (a hit is replayed in the caller's format)
 CACHED_ENDPOINTS = frozenset(("chat", "messages", "responses"))
@@ -54,10 +55,12 @@ class Cache(Middleware):
         name = (match.public_model, match.reasoning_effort)
         memo = self.routes.get(name)
         if memo is None:
-            if len(self.routes) >= ROUTE_MEMO:     # wildcard routes: names are the client's
-                self.routes.clear()
             enabled = self.config.enabled if match.route.cache is None else match.route.cache
-            memo = self.routes[name] = (route_part(match), enabled)
+            memo = (route_part(match), enabled)
+            if len(name[0]) <= MEMO_NAME_MAX:      # wildcard routes: names are the client's
+                if len(self.routes) >= ROUTE_MEMO:
+                    self.routes.clear()
+                self.routes[name] = memo
         route, enabled = memo
         if not enabled:
             ctx.response_headers[X_CACHE] = "MISS"

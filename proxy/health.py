@@ -3,9 +3,11 @@ cooldowns): a target that failed `cooldown_after` requests in a row is skipped f
 `cooldown_seconds`, then probed; an upstream 429 skips it for its Retry-After only.
 
 A target is keyed by (provider, upstream model), so each model behind a wildcard route cools
-down on its own. The outcome of a *request* counts, not each attempt: the dispatcher reports
-one failure or success per request and target, after its retries. Whether a cooling target is
-still tried (a route's last one) is the dispatcher's decision, not this store's.
+down on its own; a name over NAME_MAX characters (a client's, on a wildcard route) by a digest
+of it, so the targets kept cost the same whatever names clients send. The outcome of a
+*request* counts, not each attempt: the dispatcher reports one failure or success per request
+and target, after its retries. Whether a cooling target is still tried (a route's last one) is
+the dispatcher's decision, not this store's.
 
 `Health` is the interface; `LocalHealth` keeps the state in this process (kept across reloads
 on the gateway's State). Reads are on every request's path, so they are synchronous: the shared
@@ -14,6 +16,7 @@ events, and publishes its writes in the background.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from abc import ABC, abstractmethod
 
@@ -47,6 +50,15 @@ class Health(ABC):
 
 
 MAX_TARGETS = 10_000    # targets a process keeps failure counts or cooldowns for
+NAME_MAX = 256          # characters of an upstream model name kept as they are in a target's key
+
+
+def _key(target: tuple) -> tuple:
+    """A target with a model name over NAME_MAX characters, as this store keys it: the name's
+    start and a 128-bit digest of all of it (10,000 names of 100 KB would be 1 GB)."""
+    provider, name = target
+    digest = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return provider, f"{name[:64]}...({len(name)} characters, blake2b {digest})"
 
 
 class LocalHealth(Health):
@@ -79,6 +91,8 @@ class LocalHealth(Health):
                 self._ejected.discard(target)
 
     def remaining(self, target) -> float:
+        if len(target[1]) > NAME_MAX:
+            target = _key(target)
         until = self._until.get(target)
         if until is None:
             return 0.0
@@ -86,6 +100,8 @@ class LocalHealth(Health):
         return left if left > 0.0 else 0.0
 
     def failure(self, target, after: int, seconds: float) -> bool:
+        if len(target[1]) > NAME_MAX:
+            target = _key(target)
         n = after if target in self._ejected else self._failures.get(target, 0) + 1
         if n < after:
             if target not in self._failures:
@@ -97,7 +113,7 @@ class LocalHealth(Health):
         return self._cool(target, seconds)
 
     def rate_limited(self, target, seconds: float) -> bool:
-        return self._cool(target, seconds)
+        return self._cool(_key(target) if len(target[1]) > NAME_MAX else target, seconds)
 
     def _cool(self, target, seconds: float) -> bool:
         if seconds <= 0.0:                      # cooldown_seconds: 0 turns cooldowns off
@@ -111,6 +127,8 @@ class LocalHealth(Health):
         return started
 
     def success(self, target) -> bool:
+        if len(target[1]) > NAME_MAX:
+            target = _key(target)
         if target not in self._failures and target not in self._until:
             return False                        # the usual case: nothing to forget
         self._failures.pop(target, None)

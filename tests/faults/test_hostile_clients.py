@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 import time
 
 import aiohttp
@@ -188,4 +189,48 @@ async def test_max_concurrent_per_key_is_429_and_released_after(make_harness, fa
     assert status == 200, body
     status, _, body = await h.post(chat())
     assert status == 200, body
+    await h.assert_healthy()
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 1024 / 1024
+
+
+async def giant_names_rss_growth(h, prefix: str, want_status: int, count: int = 400) -> float:
+    """MB the process's RSS grew by over `count` requests, each for a new 100 KB model name
+    `prefix/<hex>` (hex: no "error" or "slow" in it, which would make the mock fail or wait)."""
+    await h.baseline()
+
+    async def giant() -> None:
+        status, _, body = await h.post(chat(prefix + "/" + secrets.token_hex(50_000)))
+        assert status == want_status, body
+
+    for _ in range(4):                  # the allocator's arenas grow to their working size first
+        await asyncio.gather(*(giant() for _ in range(8)))
+    before = rss_mb()
+    for _ in range(count // 8):
+        await asyncio.gather(*(giant() for _ in range(8)))
+    return rss_mb() - before
+
+
+async def test_giant_model_names_on_a_wildcard_route_are_not_kept_in_memory(make_harness):
+    """400 requests, each for a new 100 KB model name on a wildcard route, through the cache
+    middleware (on by route or not, it resolves every chat request): all answered 200, and the
+    gateway's memory does not keep the names (40 MB of them; kept with their resolved route,
+    RSS grew by well over 80 MB)."""
+    h = await make_harness(middlewares="cache, accounting", max_body_mb=1,
+                           extra='  "wild/*": {targets: [{provider: mock}]}')
+    grown = await giant_names_rss_growth(h, "wild", 200)
+    assert grown < 25, f"RSS grew by {grown:.0f} MB over 400 giant model names"
+    await h.assert_healthy()
+
+
+async def test_giant_model_names_failing_upstream_are_not_kept_in_memory(make_harness):
+    """800 such names on a wildcard route whose provider is down: each request fails (502),
+    and each failure counts toward its target's cooldown, keyed by (provider, upstream model):
+    the 10,000 targets the cooldown store keeps must not mean 10,000 names of 100 KB."""
+    h = await make_harness(max_body_mb=1)
+    grown = await giant_names_rss_growth(h, "dead", 502, count=800)    # kept: 80 MB
+    assert grown < 40, f"RSS grew by {grown:.0f} MB over 800 giant model names"
     await h.assert_healthy()
