@@ -175,6 +175,7 @@ class RequestContext:
     attempts: int = 0
     response_headers: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    trace: Any = None                  # proxy.tracing.RequestTrace when traces are on
 
     @property
     def route(self) -> "ModelRoute | None":

@@ -156,11 +156,16 @@ async def _try_target(ctx: RequestContext, match: RouteMatch, target, hkey: tupl
             native.fit(ctx, body, caps)
             capabilities.check(body, caps, match.public_model)
     attempt = 0
+    trace = ctx.trace
     while True:
         ctx.attempts += 1
+        if trace is not None:       # a child span per attempt; its traceparent goes upstream
+            trace.start_attempt(ctx, provider, hkey[1])
         try:
             reply = await _call(ctx, provider, body, call)
         except GatewayError as err:
+            if trace is not None:
+                trace.attempt_failed(err)
             if is_client_error(err):
                 raise
             _attempt_failed(ctx, hkey, err)
@@ -173,6 +178,8 @@ async def _try_target(ctx: RequestContext, match: RouteMatch, target, hkey: tupl
             return None, err
         if state.health.success(hkey):
             _gauge(ctx, hkey, 0)
+        if trace is not None:
+            trace.attempt_answered(reply)
         return reply, None
 
 

@@ -16,6 +16,7 @@ from proxy.providers import provider_class
 from proxy.providers.base import Provider
 from proxy.routing import RouteTable
 from proxy.store.files import private_dir
+from proxy.tracing import Tracing, from_env
 
 log = structlog.get_logger("modelway")
 
@@ -56,8 +57,10 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task] = set()  # closing retired tables after a reload
         self._spend_flusher: asyncio.Task | None = None
+        self.tracer: Tracing | None = None        # OTEL_* traces, set up by start() in the worker
 
     async def start(self) -> None:
+        self.tracer = from_env()                # before anything opens: a bad OTEL_* value stops here
         private_dir(self.data_dir)
         await self._open_services()
         for warning in self.config.warnings:
@@ -83,6 +86,8 @@ class Gateway:
                     providers[name] = reuse
                     continue
                 provider = provider_class(pc.type)(pc)
+                if self.tracer is not None:
+                    provider.trace_headers = self.tracer.headers
                 await provider.start()
                 started.append(provider)
                 providers[name] = provider
@@ -180,3 +185,5 @@ class Gateway:
         await stop_task(self._spend_flusher)
         await self.stores.close()          # the response cache and the counters write what is pending
         await self.db.aclose()
+        if self.tracer is not None:
+            await self.tracer.shutdown()      # exports what is queued

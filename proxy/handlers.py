@@ -86,6 +86,8 @@ async def run(request: web.Request, ctx: RequestContext, prepare, adapt=None) ->
     state.inflight += 1
     task = asyncio.current_task()
     gateway.requests.add(task)
+    if gateway.tracer is not None:     # OTEL_* asked for traces (proxy.tracing)
+        ctx.trace = gateway.tracer.start(request, ctx)
     try:
         early, hooks, handler = state.endpoints[ctx.endpoint]
         for hook in early:          # auth: a bad key is a 401 whatever the body
@@ -123,6 +125,8 @@ async def run(request: web.Request, ctx: RequestContext, prepare, adapt=None) ->
         if ctx.usage.known and not ctx.cost:
             ctx.finalize_cost()
         ctx.complete()
+        if ctx.trace is not None:
+            ctx.trace.end(ctx)
         state.chain.finish(ctx)
 
 

@@ -18,6 +18,7 @@ from proxy.connections import Runner
 from proxy.gateway import Gateway
 from proxy.store.counters import SharedCounters
 from proxy.store.files import private_dir
+from proxy.tracing import TracingError
 
 log = structlog.get_logger("modelway")
 
@@ -66,6 +67,9 @@ async def serve(config: Config, config_path: str | None, host: str, port: int, r
     except (OSError, sqlite3.Error) as exc:   # unreadable, not a database, ...: one line, not a traceback
         log.error("cannot_open_data_dir", data_dir=os.path.abspath(config.server.data_dir), pid=os.getpid(),
                   error=f"{type(exc).__name__}: {exc}")
+        return 1
+    except TracingError as exc:      # e.g. OTEL_EXPORTER_OTLP_PROTOCOL=grpc: one clear line
+        log.error("cannot_start_tracing", pid=os.getpid(), error=str(exc))
         return 1
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
     tune_gc()

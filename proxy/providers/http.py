@@ -13,7 +13,7 @@ Limits: an error body is read up to MAX_ERROR_BODY; a non-streamed reply up to t
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 import aiohttp
 import orjson
@@ -31,6 +31,10 @@ MAX_ERROR_BODY = 64 * 1024
 
 
 class HTTPProvider(Provider):
+    #: set by the Gateway when traces are on (proxy.tracing Tracing.headers): adds the current
+    #: attempt span's traceparent to the upstream request's headers
+    trace_headers: Callable[[dict[str, str] | None], dict[str, str]] | None = None
+
     def __init__(self, config: "ProviderConfig"):
         super().__init__(config)
         self.session: aiohttp.ClientSession | None = None
@@ -66,6 +70,8 @@ class HTTPProvider(Provider):
         if session is None or session.closed:
             raise ProviderError(f"provider {self.name!r} is not started", code="provider_not_started")
         first_byte = self.config.timeouts.first_byte
+        if self.trace_headers is not None:
+            headers = self.trace_headers(headers)
         try:
             async with asyncio.timeout(first_byte):
                 resp = await session.post(url, data=orjson.dumps(body), headers=headers)
