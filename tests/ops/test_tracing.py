@@ -11,6 +11,8 @@ import orjson
 import pytest
 
 from tests.cli.procs import Server
+from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.anthropic_upstream import start as start_anthropic
 from tests.fakes.otlp_receiver import OTLPReceiver
 from tests.ops.conftest import CHAT, clean_env, eventually, sse_data
 
@@ -21,10 +23,12 @@ CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 
 CONFIG = """
-middlewares: [auth, accounting]
+middlewares: [{middlewares}]
 providers:
   up: {{type: openai, base_url: "{fake}", api_key: "${{UP_KEY}}"}}
+  ant: {{type: anthropic, base_url: "{anthropic}", api_key: "${{UP_KEY}}"}}
 models:
+  claude: {{targets: [{{provider: ant, model: claude-sonnet-4-5-20250929}}]}}
   traced:
     targets: [{{provider: up, model: fail-503}}, {{provider: up, model: gpt-ok}}]
     retries: 1
@@ -35,8 +39,9 @@ keys: [{{label: team-a, sha256: {digest}}}]
 OTEL_VARS = [k for k in os.environ if k.startswith("OTEL_")]
 
 
-def config(fake) -> str:
-    return CONFIG.format(fake=fake.url, digest=hashlib.sha256(SECRET.encode()).hexdigest())
+def config(fake, anthropic_url: str = "http://127.0.0.1:9/v1", middlewares: str = "auth, accounting") -> str:
+    return CONFIG.format(fake=fake.url, anthropic=anthropic_url, middlewares=middlewares,
+                         digest=hashlib.sha256(SECRET.encode()).hexdigest())
 
 
 @pytest.fixture
@@ -218,3 +223,61 @@ async def test_an_unsupported_exporter_stops_the_worker_with_one_clear_line(star
         assert "Traceback" not in server.log_path.read_text()
     finally:
         server.close()
+
+
+@pytest.fixture
+async def fake_anthropic():
+    fake = FakeAnthropic(api_key=UPSTREAM_KEY)
+    runner, url = await start_anthropic(fake)
+    fake.url = url
+    yield fake
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_anthropic_upstream_native_and_translated(otel_env, receiver, fake_openai, fake_anthropic,
+                                                        make_gateway, http, stream):
+    """/v1/messages to a Claude target (the body passed through as it came) and chat completions
+    translated to it: provider `anthropic`, its model and stop reason, its traceparent."""
+    gw = await make_gateway(config(fake_openai, fake_anthropic.url), env={"UP_KEY": UPSTREAM_KEY})
+    body = {"model": "claude", "max_tokens": 64, "stream": stream, "messages": [{"role": "user", "content": PROMPT}]}
+    async with http.post(gw.url + "/v1/messages", data=orjson.dumps(body),
+                         headers={"x-api-key": SECRET, "anthropic-version": "2023-06-01"}) as resp:
+        assert resp.status == 200, await resp.read()
+        await resp.read()
+    status, _, raw = await post(http, gw.url, {**body, "max_tokens": 64})
+    assert status == 200, raw
+    spans = await receiver.wait_spans(lambda ss: len(ss) >= 4)
+    requests = [s for s in spans if s["kind"] == "server"]
+    assert sorted(s["name"] for s in requests) == ["chat claude", "chat claude"]
+    for req in requests:
+        (attempt,) = children(spans, req)
+        for s in (req, attempt):
+            a = s["attributes"]
+            assert a["gen_ai.provider.name"] == "anthropic"
+            assert a["gen_ai.response.model"] == "claude-sonnet-4-5-20250929"
+            native = req["attributes"]["url.path"] == "/v1/messages"     # else translated to chat completions
+            assert a["gen_ai.response.finish_reasons"] == (["end_turn"] if native else ["stop"])
+            assert a["gen_ai.usage.input_tokens"] > 0 and a["gen_ai.usage.output_tokens"] > 0
+    sent = sorted(traceparent_of(r)[1] for r in fake_anthropic.requests)
+    assert sent == sorted(children(spans, req)[0]["span_id"] for req in requests)
+    assert_nothing_private(spans)
+
+
+async def test_cache_hit_and_opt_in_prompt_capture(otel_env, monkeypatch, receiver, fake_openai, make_gateway, http):
+    """A cached answer: a request span with cache_hit and no attempt. The prompt is recorded only
+    when OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true."""
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    text = config(fake_openai, middlewares="auth, cache, accounting") + "cache: {enabled: true}\n"
+    gw = await make_gateway(text, env={"UP_KEY": UPSTREAM_KEY})
+    body = {"model": "single", "messages": [{"role": "user", "content": PROMPT}]}
+    for _ in range(2):
+        status, _, raw = await post(http, gw.url, body)
+        assert status == 200, raw
+    spans = await receiver.wait_spans(lambda ss: len(ss) >= 3)
+    first, second = sorted((s for s in spans if s["kind"] == "server"), key=lambda s: s["start"])
+    assert first["attributes"]["modelway.cache_hit"] is False and len(children(spans, first)) == 1
+    assert second["attributes"]["modelway.cache_hit"] is True and children(spans, second) == []
+    assert second["attributes"]["modelway.cost_usd"] == 0
+    assert PROMPT in first["attributes"]["gen_ai.input.messages"]
+    assert len(fake_openai.requests) == 1
