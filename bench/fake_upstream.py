@@ -16,7 +16,8 @@ on its own. N and an optional delay between content chunks come from, first foun
 `GET /_stats` returns how many completions and streams it has served and over how many
 distinct connections (the bench uses it to prove that every request reached the upstream, i.e.
 was a cache miss, and to see whether the proxy reuses its upstream connections).
-`GET /healthz` says ok.
+`GET /healthz` says ok. `POST /v1/traces` is an OTLP/HTTP sink for `--otel` runs: it reads the
+export and answers an empty ExportTraceServiceResponse (counted in `/_stats` as `trace_exports`).
 
     python -m bench.fake_upstream --port 9001 [--chunks 20] [--delay-ms 0]
 """
@@ -130,6 +131,12 @@ async def stats_view(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATS])
 
 
+async def traces(request: web.Request) -> web.Response:
+    await request.read()
+    request.app[STATS]["trace_exports"] += 1
+    return web.Response(body=b"", content_type="application/x-protobuf")
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -141,13 +148,14 @@ async def models(request: web.Request) -> web.Response:
 
 def make_app(chunks: int = 20, delay_ms: int = 0) -> web.Application:
     app = web.Application(client_max_size=8 * 1024 * 1024)
-    app[STATS] = {"requests": 0, "streams": 0, "disconnects": 0, "connections": 0}
+    app[STATS] = {"requests": 0, "streams": 0, "disconnects": 0, "connections": 0, "trace_exports": 0}
     app[SEEN] = set()
     app[DEFAULTS] = (chunks, delay_ms)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/_stats", stats_view)
     app.router.add_get("/healthz", healthz)
+    app.router.add_post("/v1/traces", traces)
     return app
 
 

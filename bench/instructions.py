@@ -1,6 +1,6 @@
 """Instructions per request under valgrind: a deterministic count where CPU time is not.
 
-    python -m bench.instructions [--requests 1000] [--targets gateway,full] [--keep]
+    python -m bench.instructions [--requests 1000] [--targets gateway,full] [--otel] [--keep]
 
 CPU time per request moves by ~10% from run to run on a shared machine, too much to see a
 change of a few microseconds. This runs the gateway (access log only) and the gateway with the
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.run import PLAIN, SEQ, free_port, gateway_config, spawn, stop, wait_ready
+from bench.run import PLAIN, SEQ, free_port, gateway_config, otel_env, spawn, stop, wait_ready
 
 SLOWER = 24    # periodic tasks' intervals times this, for valgrind's slowdown
 # start the gateway with every periodic task's interval scaled by SLOWER
@@ -69,7 +69,8 @@ async def ready(origin: str, proc: subprocess.Popen) -> None:
         raise SystemExit(f"the gateway under valgrind did not start: {why}")
 
 
-def measure(name: str, upstream_port: int, tmp: Path, requests: int, secret: str) -> tuple[int, int]:
+def measure(name: str, upstream_port: int, tmp: Path, requests: int, secret: str, otel: bool = False
+            ) -> tuple[int, int]:
     """Instructions per request of one target: (all threads, the event-loop thread)."""
     port = free_port()
     data = tmp / f"{name}-data"
@@ -78,7 +79,8 @@ def measure(name: str, upstream_port: int, tmp: Path, requests: int, secret: str
     config.write_text(gateway_config(port, upstream_port, data, secret if name == "full" else None))
     out = tmp / f"{name}.callgrind"
     proc = spawn(name, ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}.%p",
-                        sys.executable, "-c", LAUNCH, "serve", "--config", str(config)], tmp)
+                        sys.executable, "-c", LAUNCH, "serve", "--config", str(config)], tmp,
+                 env=otel_env(upstream_port) if otel else None)
     origin = f"http://127.0.0.1:{port}"
     try:
         asyncio.run(ready(origin, proc))
@@ -101,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000, help="measured requests per target")
     parser.add_argument("--targets", default="gateway,full", help="comma-separated: gateway, full")
+    parser.add_argument("--otel", action="store_true", help="the gateways export OpenTelemetry traces (OTLP/HTTP) "
+                        "to a sink in the fake upstream")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir with the callgrind dumps"
                         " (callgrind_annotate <dump> lists the functions)")
     args = parser.parse_args(argv)
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with ThreadPoolExecutor(len(targets)) as pool:
             counts = dict(zip(targets, pool.map(
-                lambda t: measure(t, upstream_port, tmp, args.requests, secret), targets)))
+                lambda t: measure(t, upstream_port, tmp, args.requests, secret, args.otel), targets)))
     finally:
         stop(upstream)
         if args.keep:

@@ -117,9 +117,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(name: str, argv: list[str], tmp: Path) -> subprocess.Popen:
+def spawn(name: str, argv: list[str], tmp: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start a server with its output in tmp/<name>.log, unbuffered as under systemd (deploy/)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(tmp / f"{name}.log", "wb") as log:
         return subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT)
@@ -450,6 +450,11 @@ def write_readme(report: str) -> None:
 
 # ---------------------------------------------------------------- main
 
+def otel_env(sink_port: int) -> dict[str, str]:
+    """`--otel`: the gateway exports its traces (OTLP/HTTP) to the fake upstream's /v1/traces."""
+    return {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}", "OTEL_SERVICE_NAME": "modelway-bench"}
+
+
 def start_servers(args: argparse.Namespace, tmp: Path, secret: str,
                   procs: dict[str, subprocess.Popen]) -> tuple[dict[str, int], dict[str, str]]:
     """Start the fake upstream and the wanted servers; returns (ports, skipped targets with why)."""
@@ -483,7 +488,8 @@ def start_servers(args: argparse.Namespace, tmp: Path, secret: str,
         config.write_text(gateway_config(ports[name], ports["upstream"], data, secret if name != "gateway" else None,
                                          redis if name == "shared" else None))
         procs[name] = spawn(name, [*command, "serve", "--config", str(config),
-                                   "--host", "127.0.0.1", "--port", str(ports[name])], tmp)
+                                   "--host", "127.0.0.1", "--port", str(ports[name])], tmp,
+                            env=otel_env(ports["upstream"]) if args.otel else None)
     return ports, skipped
 
 
@@ -516,7 +522,8 @@ async def run(args: argparse.Namespace, tmp: Path, procs: dict[str, subprocess.P
         await measure(loads, plan)
 
     targets = [load.target for load in loads]
-    report = [f"Run: {environment(args.quick)}.", "", table(targets), "", goals(targets)]
+    traced = ", gateways exporting traces (--otel)" if args.otel else ""
+    report = [f"Run: {environment(args.quick)}{traced}.", "", table(targets), "", goals(targets)]
     if any(t.name == "shared" for t in targets):
         report.append("REDIS_ROUND_TRIPS")      # filled in once the shared gateway has stopped
     report += [f"- first failure on {TITLES[t.name]}: `{t.first_error[:300]}`" for t in targets if t.first_error]
@@ -541,6 +548,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gateway-cmd", default=os.environ.get("MODELWAY_BENCH_GATEWAY"),
                         help="command that starts the gateway (default: this Python -m proxy.cli; "
                              "e.g. /opt/modelway/venv/bin/modelway); 'serve --config ...' is appended")
+    parser.add_argument("--otel", action="store_true", help="gateways export OpenTelemetry traces (OTLP/HTTP) "
+                        "to a sink in the fake upstream")
     parser.add_argument("--write-readme", action="store_true", help="put the result table in bench/README.md")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, process logs)")
     args = parser.parse_args(argv)

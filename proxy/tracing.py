@@ -109,7 +109,9 @@ class Tracing:
     def start(self, request: "web.Request", ctx: "RequestContext") -> "RequestTrace":
         """The request's SERVER span, a child of the client's traceparent when it sent one."""
         parent = self.propagator.extract(request.headers) if "traceparent" in request.headers else None
-        span = self.tracer.start_span(f"{request.method} {request.path}", context=parent, kind=self.server_kind,
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else request.path    # /v1/models/{model_id}: few names
+        span = self.tracer.start_span(f"{request.method} {route}", context=parent, kind=self.server_kind,
                                       attributes={"http.request.method": request.method, "url.path": request.path,
                                                   "modelway.request_id": ctx.request_id})
         return RequestTrace(self, span)

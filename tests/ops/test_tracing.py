@@ -165,14 +165,18 @@ async def test_a_stream_gets_its_answer_attributes_and_a_new_trace_without_trace
     assert_nothing_private(spans)
 
 
-async def test_client_errors_are_spans_with_error_type(otel_env, receiver, fake_openai, make_gateway, http):
+async def test_client_errors_and_other_endpoints_are_request_spans(otel_env, receiver, fake_openai, make_gateway, http):
     gw = await make_gateway(config(fake_openai), env={"UP_KEY": UPSTREAM_KEY})
     status, _, _ = await post(http, gw.url, {"model": "nope", "messages": [{"role": "user", "content": PROMPT}]})
     assert status == 404
     async with http.post(gw.url + CHAT, data=b"{}", headers={"Authorization": "Bearer sk-wrong-key-000000"}) as resp:
         assert resp.status == 401
-    spans = await receiver.wait_spans(lambda ss: len(ss) >= 2)
+    async with http.get(gw.url + "/v1/models/single", headers={"Authorization": f"Bearer {SECRET}"}) as resp:
+        assert resp.status == 200
+    spans = await receiver.wait_spans(lambda ss: len(ss) >= 3)
     by_status = {s["attributes"]["http.response.status_code"]: s for s in spans}
+    assert by_status[200]["name"] == "GET /v1/models/{model_id}"      # a route, not one name per id
+    assert "gen_ai.operation.name" not in by_status[200]["attributes"]
     assert by_status[404]["attributes"]["error.type"] == "model_not_found"
     assert by_status[401]["attributes"]["error.type"] == "invalid_api_key"
     assert all(s["status"] == "unset" for s in spans)     # a client's error is no server fault
