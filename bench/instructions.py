@@ -64,7 +64,7 @@ async def drive(origin: str, secret: str, count: int) -> None:
 
 async def ready(origin: str, proc: subprocess.Popen) -> None:
     async with aiohttp.ClientSession() as session:
-        why = await wait_ready(session, proc, origin + "/healthz", timeout=180)
+        why = await wait_ready(session, proc, origin + "/healthz", timeout=600)
     if why:
         raise SystemExit(f"the gateway under valgrind did not start: {why}")
 

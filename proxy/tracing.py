@@ -238,14 +238,31 @@ class RequestTrace:
             return
         self._detach()
         self.attempt = None
-        if ctx is None:
-            span.end()
-            return
-        if span.is_recording():
-            _set_answer(span, ctx, self)
+        if ctx is not None and span.is_recording():
+            attrs = self._answer(ctx)
             if ctx.error_type and (ctx.status >= 500 or ctx.partial):
-                _set_error(self.tracing, span, ctx.error_code or ctx.error_type, None, None)
+                attrs["error.type"] = ctx.error_code or ctx.error_type
+                span.set_status(self.tracing.status(self.tracing.error))
+            span.set_attributes(attrs)        # one call: the SDK checks and locks per call
         span.end()
+
+    def _answer(self, ctx: "RequestContext") -> dict[str, Any]:
+        attrs: dict[str, Any] = {}
+        if self.response_model:
+            attrs["gen_ai.response.model"] = self.response_model
+        if self.finish_reasons:
+            attrs["gen_ai.response.finish_reasons"] = tuple(self.finish_reasons)
+        usage = ctx.usage
+        if usage.known:
+            attrs["gen_ai.usage.input_tokens"] = usage.prompt_tokens
+            attrs["gen_ai.usage.output_tokens"] = usage.completion_tokens
+            if usage.cached_tokens:
+                attrs["gen_ai.usage.cache_read.input_tokens"] = usage.cached_tokens
+            if usage.cache_write_tokens:
+                attrs["gen_ai.usage.cache_write.input_tokens"] = usage.cache_write_tokens
+            if usage.reasoning_tokens:
+                attrs["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning_tokens
+        return attrs
 
     # --- the request (proxy.handlers.run) ---------------------------------------------------
 
@@ -255,22 +272,24 @@ class RequestTrace:
         if not span.is_recording():      # sampled out: nothing to describe
             span.end()
             return
+        attrs = self._answer(ctx)
         op = OPERATIONS.get(ctx.endpoint)
         model = ctx.requested_model or ctx.model
         if op is not None:
             span.update_name(f"{op} {model}" if model else op)
-            span.set_attribute("gen_ai.operation.name", op)
+            attrs["gen_ai.operation.name"] = op
             if model:
-                span.set_attribute("gen_ai.request.model", model)
-            span.set_attribute("gen_ai.request.stream", ctx.stream)
+                attrs["gen_ai.request.model"] = model
+            attrs["gen_ai.request.stream"] = ctx.stream
         if ctx.target is not None and ctx.provider is not None:
             provider = ctx.state.providers.get(ctx.provider) if ctx.state else None
             ptype = provider.type if provider is not None else ""
-            span.set_attribute("gen_ai.provider.name", PROVIDER_NAMES.get(ptype, ptype))
-            span.set_attribute("modelway.provider", ctx.provider)
-        _set_answer(span, ctx, self)
-        attrs: dict[str, Any] = {"http.response.status_code": ctx.status, "modelway.cost_usd": ctx.cost,
-                                 "modelway.cache_hit": ctx.cache_hit, "modelway.attempts": ctx.attempts}
+            attrs["gen_ai.provider.name"] = PROVIDER_NAMES.get(ptype, ptype)
+            attrs["modelway.provider"] = ctx.provider
+        attrs["http.response.status_code"] = ctx.status
+        attrs["modelway.cost_usd"] = ctx.cost
+        attrs["modelway.cache_hit"] = ctx.cache_hit
+        attrs["modelway.attempts"] = ctx.attempts
         if ctx.cache_status:
             attrs["modelway.cache_status"] = ctx.cache_status
         if ctx.key is not None:
@@ -281,33 +300,17 @@ class RequestTrace:
             attrs["gen_ai.response.time_to_first_chunk"] = ctx.ttft_ms / 1000.0
         if self.tracing.capture_content and ctx.body and isinstance(ctx.body.get("messages"), list):
             attrs["gen_ai.input.messages"] = orjson.dumps(ctx.body["messages"]).decode()
-        span.set_attributes(attrs)
         if ctx.error_type or ctx.status >= 400:
-            span.set_attribute("error.type", ctx.error_code or ctx.error_type or str(ctx.status))
+            attrs["error.type"] = ctx.error_code or ctx.error_type or str(ctx.status)
             if ctx.status >= 500:
                 span.set_status(self.tracing.status(self.tracing.error))
+        span.set_attributes(attrs)
         span.end()
 
 
-def _set_answer(span, ctx: "RequestContext", rt: RequestTrace) -> None:
-    if rt.response_model:
-        span.set_attribute("gen_ai.response.model", rt.response_model)
-    if rt.finish_reasons:
-        span.set_attribute("gen_ai.response.finish_reasons", rt.finish_reasons)
-    usage = ctx.usage
-    if usage.known:
-        span.set_attributes({"gen_ai.usage.input_tokens": usage.prompt_tokens,
-                             "gen_ai.usage.output_tokens": usage.completion_tokens})
-        if usage.cached_tokens:
-            span.set_attribute("gen_ai.usage.cache_read.input_tokens", usage.cached_tokens)
-        if usage.cache_write_tokens:
-            span.set_attribute("gen_ai.usage.cache_write.input_tokens", usage.cache_write_tokens)
-        if usage.reasoning_tokens:
-            span.set_attribute("gen_ai.usage.reasoning.output_tokens", usage.reasoning_tokens)
-
-
 def _set_error(t: Tracing, span, error_type: str, upstream_status: int | None, description: str | None) -> None:
-    span.set_attribute("error.type", error_type)
+    attrs: dict[str, Any] = {"error.type": error_type}
     if upstream_status is not None:
-        span.set_attribute("http.response.status_code", upstream_status)
+        attrs["http.response.status_code"] = upstream_status
+    span.set_attributes(attrs)
     span.set_status(t.status(t.error, description))
