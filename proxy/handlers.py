@@ -86,9 +86,9 @@ async def run(request: web.Request, ctx: RequestContext, prepare, adapt=None) ->
     state.inflight += 1
     task = asyncio.current_task()
     gateway.requests.add(task)
-    if gateway.tracer is not None:     # OTEL_* asked for traces (proxy.tracing)
-        ctx.trace = gateway.tracer.start(request, ctx)
     try:
+        if gateway.tracer is not None:     # OTEL_* asked for traces (proxy.tracing)
+            ctx.trace = gateway.tracer.start(request, ctx)
         early, hooks, handler = state.endpoints[ctx.endpoint]
         for hook in early:          # auth: a bad key is a 401 whatever the body
             slow = hook(ctx)
