@@ -2,7 +2,8 @@
 
 Retries and fallback happen only before the first byte reaches the client: a stream is
 peeked (its first event awaited) before it is handed back, so a target that fails before
-answering is skipped and the client never sees it. A failure the request itself caused
+answering is skipped and the client never sees it — for at most `server.sse_ping_seconds`
+after the request came in, after which a silent stream starts and gets keep-alives (_peek). A failure the request itself caused
 (400/404/413/422) is returned at once; any other failure is retried on the same target
 when retryable (`retry_on`, connection errors, timeouts, broken answers) with backoff,
 then the next target (and the request's `models` list) is tried. Targets that keep failing
