@@ -290,6 +290,20 @@ async def test_disconnect_during_pings_cancels_the_upstream(gw, quiet, http, mod
     assert await settled(lambda: not keepalive_tasks())
 
 
+async def test_disconnect_while_the_stream_is_peeked_cancels_the_upstream(make_gw, quiet, http):
+    """Within the first interval nothing is sent yet; the peek runs in its own task, which goes too."""
+    gw = await make_gw(ping=30)
+
+    async def call():
+        async with http.post(gw.url + CHAT, json=chat_body("quiet/quiet-hang", stream=True)) as resp:
+            await resp.read()
+    task = asyncio.ensure_future(call())
+    assert await settled(lambda: quiet.requests == ["quiet-hang"])
+    task.cancel()                # the client gives up before any byte came back
+    await asyncio.wait_for(quiet.disconnected.wait(), 2)
+    assert await settled(lambda: not keepalive_tasks())
+
+
 async def test_no_task_outlives_its_stream(gw, quiet, http):
     quiet.release.set()
     for model in ("quiet/quiet-start", "quiet/quick-fail", "quick-fail-then-mock"):
