@@ -1,6 +1,6 @@
 """Instructions per request under valgrind: a deterministic count where CPU time is not.
 
-    python -m bench.instructions [--requests 1000] [--targets gateway,full] [--otel] [--keep]
+    python -m bench.instructions [--requests 1000] [--targets gateway,full] [--otel] [--stream] [--keep]
 
 CPU time per request moves by ~10% from run to run on a shared machine, too much to see a
 change of a few microseconds. This runs the gateway (access log only) and the gateway with the
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.run import PLAIN, SEQ, free_port, gateway_config, otel_env, spawn, stop, wait_ready
+from bench.run import PLAIN, SEQ, STREAM, free_port, gateway_config, otel_env, spawn, stop, wait_ready
 
 SLOWER = 24    # periodic tasks' intervals times this, for valgrind's slowdown
 # start the gateway with every periodic task's interval scaled by SLOWER
@@ -47,13 +47,13 @@ WARMUP = 800    # long enough for several batch writes: SQLite compiles each INS
 CONCURRENCY = 4
 
 
-async def drive(origin: str, secret: str, count: int) -> None:
+async def drive(origin: str, secret: str, count: int, template: bytes = PLAIN) -> None:
     """`count` requests, CONCURRENCY at a time, each body unique (every one a cache miss)."""
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {secret}"}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
         async def worker(n: int) -> None:
             for _ in range(n):
-                async with session.post(origin + "/v1/chat/completions", data=PLAIN % next(SEQ),
+                async with session.post(origin + "/v1/chat/completions", data=template % next(SEQ),
                                         headers=headers) as resp:
                     body = await resp.read()
                     if resp.status != 200:
@@ -69,8 +69,8 @@ async def ready(origin: str, proc: subprocess.Popen) -> None:
         raise SystemExit(f"the gateway under valgrind did not start: {why}")
 
 
-def measure(name: str, upstream_port: int, tmp: Path, requests: int, secret: str, otel: bool = False
-            ) -> tuple[int, int]:
+def measure(name: str, upstream_port: int, tmp: Path, requests: int, secret: str, otel: bool = False,
+            body: bytes = PLAIN) -> tuple[int, int]:
     """Instructions per request of one target: (all threads, the event-loop thread)."""
     port = free_port()
     data = tmp / f"{name}-data"
@@ -84,9 +84,9 @@ def measure(name: str, upstream_port: int, tmp: Path, requests: int, secret: str
     origin = f"http://127.0.0.1:{port}"
     try:
         asyncio.run(ready(origin, proc))
-        asyncio.run(drive(origin, secret, WARMUP))
+        asyncio.run(drive(origin, secret, WARMUP, body))
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
-        asyncio.run(drive(origin, secret, requests))
+        asyncio.run(drive(origin, secret, requests, body))
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
     finally:
         stop(proc, timeout=120)
@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
                         "to a sink in the fake upstream")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir with the callgrind dumps"
                         " (callgrind_annotate <dump> lists the functions)")
+    parser.add_argument("--stream", action="store_true", help="streamed requests (20 chunks and usage) instead of plain")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind (with callgrind_control) is needed: apt install valgrind")
@@ -118,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with ThreadPoolExecutor(len(targets)) as pool:
             counts = dict(zip(targets, pool.map(
-                lambda t: measure(t, upstream_port, tmp, args.requests, secret, args.otel), targets)))
+                lambda t: measure(t, upstream_port, tmp, args.requests, secret, args.otel,
+                                  STREAM if args.stream else PLAIN), targets)))
     finally:
         stop(upstream)
         if args.keep:

@@ -47,6 +47,7 @@ class ServerConfig:
     header_timeout: float = 10.0      # a request's headers must be in within this
     keepalive_timeout: float = 75.0   # an idle keep-alive connection is closed after this
     max_connections: int = 4096       # per worker; more are answered 503 and closed
+    sse_ping_seconds: float = 15.0    # `: ping` comments on a silent stream this often (0: none)
 
     @property
     def max_body_bytes(self) -> int:

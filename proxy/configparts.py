@@ -23,7 +23,7 @@ SERVER = {"host": (STR, "127.0.0.1"), "port": (INT, 8080), "workers": (INT, 1), 
           "max_body_mb": (NUM, 32.0), "max_json_depth": (INT, 64), "drain_seconds": (NUM, 30.0),
           "watch_config": (BOOL, False), "body_timeout": (NUM, 30.0),
           "header_timeout": (POSITIVE, 10.0), "keepalive_timeout": (POSITIVE, 75.0),
-          "max_connections": (COUNT, 4096)}
+          "max_connections": (COUNT, 4096), "sse_ping_seconds": (MONEY, 15.0)}
 TIMEOUTS = {"connect": (NUM, 10.0), "first_byte": (NUM, 120.0), "idle": (NUM, 60.0), "total": (NUM, 600.0)}
 PROVIDER = {"type": (STR, None), "base_url": (STR, None), "api_key": (STR, None), "timeouts": (MAP, None),
             "headers": (MAP, None), "options": (MAP, None), "max_connections": (INT, 256),

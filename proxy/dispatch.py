@@ -2,7 +2,8 @@
 
 Retries and fallback happen only before the first byte reaches the client: a stream is
 peeked (its first event awaited) before it is handed back, so a target that fails before
-answering is skipped and the client never sees it. A failure the request itself caused
+answering is skipped and the client never sees it — for at most `server.sse_ping_seconds`
+after the request came in, after which a silent stream starts and gets keep-alives (_peek). A failure the request itself caused
 (400/404/413/422) is returned at once; any other failure is retried on the same target
 when retryable (`retry_on`, connection errors, timeouts, broken answers) with backoff,
 then the next target (and the request's `models` list) is tried. Targets that keep failing
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import time
 from typing import AsyncIterator
 
 import orjson
@@ -226,8 +228,33 @@ async def _call(ctx: RequestContext, provider, body: dict, call=None):
 
 async def _peek(ctx: RequestContext, it) -> AsyncIterator[bytes]:
     """Read a stream up to its first content token (or its end) before anything is sent, so a
-    failure there is still a retryable error; hand back those events followed by the rest."""
+    failure there is still a retryable error; hand back those events followed by the rest.
+
+    With keep-alives on (`server.sse_ping_seconds`), the peek waits until that long after the
+    request came in, no longer: an upstream still silent then (a model thinking) gets its
+    stream handed back unpeeked, so the response starts (headers, then pings) while the peek
+    goes on; a failure from then on is an error event in the stream, not a retry."""
     head: list[bytes] = []
+    ping = ctx.state.config.server.sse_ping_seconds
+    if not ping:
+        await _read_head(ctx, it, head)
+        return _replay(head, it)
+    task = asyncio.create_task(_read_head(ctx, it, head))
+    try:
+        done, _ = await asyncio.wait((task,), timeout=max(ping - (time.perf_counter() - ctx.started), 0.0))
+    except BaseException:    # the client went away (or the drain cut the request): so does the upstream
+        task.cancel()
+        raise
+    if done:
+        task.result()        # the peek's failure: a real status, retried or fallen back
+        return _replay(head, it)
+    # the request's task ends with the response: a peek still running then (a stream never
+    # started, its client gone) is cancelled with it
+    asyncio.current_task().add_done_callback(lambda _: task.cancel())
+    return _started(task, head, it)
+
+
+async def _read_head(ctx: RequestContext, it, head: list[bytes]) -> None:
     try:
         while len(head) < PEEK_EVENTS:
             event = await it.__anext__()
@@ -237,7 +264,6 @@ async def _peek(ctx: RequestContext, it) -> AsyncIterator[bytes]:
     except StopAsyncIteration:
         if not head:
             raise UpstreamTruncated(f"provider '{ctx.provider}' sent an empty stream")
-    return _replay(head, it)
 
 
 def carries_content(item: bytes) -> bool:
@@ -270,6 +296,19 @@ async def _replay(head: list[bytes], rest) -> AsyncIterator[bytes]:
         async for event in rest:
             yield event
     finally:
+        await rest.aclose()
+
+
+async def _started(peek: asyncio.Task, head: list[bytes], rest) -> AsyncIterator[bytes]:
+    """A stream handed back while its peek still runs: the peeked events once it is done."""
+    try:
+        await peek           # cancelled with this generator's consumer (a client gone mid-wait)
+        for event in head:
+            yield event
+        async for event in rest:
+            yield event
+    finally:
+        peek.cancel()
         await rest.aclose()
 
 

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from random import getrandbits
 
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp_sse import EventSourceResponse
 from multidict import istr
 
 from proxy.context import JSONReply, RequestContext, StreamReply
@@ -22,8 +24,7 @@ GATEWAY = web.AppKey("gateway", Gateway)
 REQUEST_ID_KEY = web.RequestKey("request_id", str)   # set by the app's edge for every request
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 REQUEST_ID = istr("x-request-id")   # istr: aiohttp takes it without working out its case-insensitive form
-SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
-               "X-Accel-Buffering": "no"}
+SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"   # with Cache-Control: no-cache, X-Accel-Buffering: no
 
 
 def request_id(request: web.Request) -> str:
@@ -145,11 +146,12 @@ def error_response(ctx: RequestContext, err: GatewayError) -> web.Response:
 
 
 async def write_stream(request: web.Request, ctx: RequestContext, reply: StreamReply) -> web.StreamResponse:
-    """Write SSE events as they come. Errors raised by the iterator after the first byte become
-    an error event then [DONE]; a client that goes away closes the iterator (and so the upstream)."""
+    """Write SSE events as they come, each item's bytes as they are, with `: ping` comments while
+    the stream is silent (`server.sse_ping_seconds`). Errors raised by the iterator after the
+    first byte become an error event then [DONE]; a client that goes away closes the iterator
+    (and so the upstream)."""
     events = reply.events
-    resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, REQUEST_ID: ctx.request_id,
-                                                   **ctx.response_headers, **reply.headers})
+    resp = sse_response(ctx, reply.headers)
     ctx.status = 200
     try:
         await resp.prepare(request)
@@ -157,7 +159,7 @@ async def write_stream(request: web.Request, ctx: RequestContext, reply: StreamR
             if ctx.ttft_ms is None:
                 ctx.mark_first_token()
             await resp.write(event)
-        await resp.write_eof()
+        await _end(resp)
     except ConnectionError:          # the client went away
         ctx.status, ctx.error_type, ctx.partial = 499, "client_disconnected", True
     except asyncio.CancelledError:
@@ -181,10 +183,32 @@ async def write_stream(request: web.Request, ctx: RequestContext, reply: StreamR
         else:
             raise err
     finally:
+        if resp.is_connected():      # the ping loop (aiohttp-sse's task) ends with the stream
+            resp.stop_streaming()
         aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()
     return resp
+
+
+def sse_response(ctx: RequestContext, headers: dict) -> EventSourceResponse:
+    """aiohttp-sse's response: its ping task writes `: ping` every `sse_ping_seconds` (none
+    when 0) once it is prepared; the events are written with `write`, unframed. Any method (the
+    APIs stream POSTs); no TCP_USER_TIMEOUT (`send_timeout`: `write` is not bounded by it)."""
+    ping = ctx.state.config.server.sse_ping_seconds
+    resp = EventSourceResponse(headers={REQUEST_ID: ctx.request_id, **ctx.response_headers, **headers},
+                               sep="\n", allow_all_methods=True, send_timeout=None,
+                               ping_interval=ping or math.inf)
+    resp.headers["Content-Type"] = SSE_CONTENT_TYPE
+    return resp
+
+
+async def _end(resp: EventSourceResponse, data: bytes = b"") -> None:
+    """The last bytes, then the end of the body. The ping task stops first: a ping written while
+    write_eof waits for a slow client to drain would land after the body's last chunk."""
+    if resp.is_connected():
+        resp.stop_streaming()
+    await resp.write_eof(data)
 
 
 def stream_error_events(ctx: RequestContext, err: GatewayError) -> bytes:
@@ -193,9 +217,8 @@ def stream_error_events(ctx: RequestContext, err: GatewayError) -> bytes:
     return data_event(err.to_json(ctx.request_id)) + DONE
 
 
-async def _write_quietly(resp: web.StreamResponse, ctx: RequestContext, data: bytes) -> None:
+async def _write_quietly(resp: EventSourceResponse, ctx: RequestContext, data: bytes) -> None:
     try:
-        await resp.write(data)
-        await resp.write_eof()
+        await _end(resp, data)
     except ConnectionError:          # the client went away
         ctx.error_type = "client_disconnected"
