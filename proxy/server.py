@@ -79,8 +79,10 @@ async def serve(config: Config, config_path: str | None, host: str, port: int, r
         log.error("cannot_listen", host=host, port=port, pid=os.getpid(), error=str(exc))
         await runner.cleanup()
         return 1
-    log.info("listening", host=host, port=port, pid=os.getpid(), config_version=config.version,
-             models=len(config.models))
+    names = [n for n, r in config.models.items() if not r.wildcard]    # what /v1/models lists
+    log.info("listening", url=f"http://{host}:{port}", host=host, port=port, pid=os.getpid(),
+             config_version=config.version, models=len(names), model_names=names,
+             wildcard_routes=[n for n, r in config.models.items() if r.wildcard])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

@@ -44,6 +44,12 @@ async def test_serve_bundled_config_answers_health_and_mock_and_exits_0_on_sigte
         async with http.get(server.url + "/readyz") as resp:
             ready = await resp.json()
             assert resp.status == 200 and "OPENAI_API_KEY" in ready["disabled_providers"]["openai"]
+        async with http.get(server.url + "/v1/models") as resp:
+            listed = [m["id"] for m in (await resp.json())["data"]]
+        started = server.events("listening")[0]     # the start-up line: where, and what a client can call
+        assert started["url"] == server.url
+        assert started["models"] == len(listed) and sorted(started["model_names"]) == sorted(listed)
+        assert all("*" not in m for m in started["model_names"]) and "openai/*" in started["wildcard_routes"]
         async with http.post(server.url + "/v1/chat/completions", json=HI) as resp:
             assert resp.status == 200 and resp.headers["x-request-id"]
             body = await resp.json()
@@ -56,7 +62,7 @@ async def test_serve_bundled_config_answers_health_and_mock_and_exits_0_on_sigte
             assert "OPENAI_API_KEY" in (await resp.json())["error"]["message"]
     assert server.terminate() == 0
     access = server.events("request")
-    assert [a["status"] for a in access] == [200, 200, 503]
+    assert [a["status"] for a in access] == [200, 200, 200, 503]     # models, chat, stream, 503
     assert all("hello gateway" not in orjson.dumps(a).decode() for a in access)
     assert server.events("stopped")
 
