@@ -66,7 +66,7 @@ def ordered_targets(route) -> list:
 def is_retryable(err: GatewayError, route) -> bool:
     """Worth another try on the same target: the route's `retry_on` statuses, or an error
     whose type says so (connection failures, timeouts, answers malformed or broken before
-    anything reached the client: see proxy.errors UpstreamError)."""
+    anything reached the client: see the proxy.errors ProviderError family)."""
     status = err.upstream_status
     return err.retryable or (status is not None and status in route.retry_on)
 
