@@ -34,7 +34,12 @@ class OpenAIProvider(HTTPProvider):
         return {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
 
     async def chat(self, ctx, body: dict):
-        url = self.config.base_url + "/chat/completions"
+        return await self.forward(ctx, "/chat/completions", body)
+
+    async def forward(self, ctx, path: str, body: dict):
+        """POST a chat or legacy completions body as it is; the answer forwarded (a stream's
+        bytes as received), usage always asked for and learnt, `cost` added."""
+        url = self.config.base_url + path
         if body.get("stream"):
             opts = body.get("stream_options")
             body["stream_options"] = {**opts, "include_usage": True} if isinstance(opts, dict) else {"include_usage": True}

@@ -6,18 +6,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from proxy.context import JSONReply, StreamReply
-from proxy.providers.openai import JSON_HEADERS
-
 if TYPE_CHECKING:
     from proxy.context import RequestContext
     from proxy.providers.openai import OpenAIProvider
 
 
 async def passthrough(ctx: "RequestContext", provider: "OpenAIProvider", body: dict):
-    url = provider.config.base_url + "/completions"
-    if body.get("stream"):
-        opts = body.get("stream_options")
-        body["stream_options"] = {**opts, "include_usage": True} if isinstance(opts, dict) else {"include_usage": True}
-        return StreamReply(provider._stream(ctx, await provider.post(url, body, JSON_HEADERS)))
-    return JSONReply(provider._reply(ctx, await provider.read_json(await provider.post(url, body, JSON_HEADERS))))
+    return await provider.forward(ctx, "/completions", body)
